@@ -70,12 +70,14 @@ struct AttentionQkvGrad {
 };
 
 /// Value of L_AD and its three terms. Each term is already divided by A_r, so
-/// total = query_term + key_term + value_term.
+/// total = query_term + key_term + value_term. The values are doubles because the KL
+/// sums are kept in double: with a weight such as gamma = 1e5 on this loss, float
+/// rounding of the result alone would show in logs and in gradient checks.
 struct AttentionRelationLoss {
-    float total = 0.0f;
-    float query_term = 0.0f;
-    float key_term = 0.0f;
-    float value_term = 0.0f;
+    double total = 0.0;
+    double query_term = 0.0;
+    double key_term = 0.0;
+    double value_term = 0.0;
 };
 
 /// Scratch buffers for the relation loss. Pass the same workspace every step so that
@@ -161,7 +163,7 @@ inline double log_softmax_offset(const float* row, std::int64_t count) {
 /// student. A_r = options.relation_heads must divide width_t and width_s. With no real
 /// token the term is 0. Throws shape_error on a shape mismatch and std::invalid_argument
 /// on bad options or mask values.
-inline float attention_relation_term(TensorView<const float> teacher, TensorView<const float> student,
+inline double attention_relation_term(TensorView<const float> teacher, TensorView<const float> student,
                                      std::int64_t batch, std::int64_t seq,
                                      std::span<const std::uint8_t> token_mask,
                                      const AttentionRelationOptions& options,
@@ -294,7 +296,7 @@ inline float attention_relation_term(TensorView<const float> teacher, TensorView
             }
         }
     }
-    return static_cast<float>(kl_sum * static_cast<double>(row_weight));
+    return kl_sum / (static_cast<double>(heads) * static_cast<double>(real_tokens));
 }
 
 /// Computes L_AD for one layer from the teacher's and the student's Q, K and V, and writes

@@ -27,12 +27,14 @@ struct ParamRef {
     bool decay = false;
 };
 
+/// AdamW hyperparameters. They are doubles, as in PyTorch, because 1 - beta2 computed
+/// from a float 0.999f is off by 1.3e-5 relative, which shows in the second moment.
 struct AdamWConfig {
-    float beta1 = 0.9f;
-    float beta2 = 0.999f;
-    float eps = 1e-8f;
+    double beta1 = 0.9;
+    double beta2 = 0.999;
+    double eps = 1e-8;
     /// Decoupled weight decay: each step multiplies decayed values by (1 - lr * weight_decay).
-    float weight_decay = 0.01f;
+    double weight_decay = 0.01;
 };
 
 /// Optimizer state for a checkpoint: the step count and both moments of every
@@ -53,12 +55,12 @@ public:
     /// an empty value; shape_error when a gradient's shape differs from its value's.
     explicit AdamW(std::vector<ParamRef> params, AdamWConfig config = {})
         : params_(std::move(params)), config_(config) {
-        BITDISTILL_REQUIRE(config_.beta1 >= 0.0f && config_.beta1 < 1.0f,
+        BITDISTILL_REQUIRE(config_.beta1 >= 0.0 && config_.beta1 < 1.0,
                            "AdamW: beta1 must be in [0, 1), got ", config_.beta1);
-        BITDISTILL_REQUIRE(config_.beta2 >= 0.0f && config_.beta2 < 1.0f,
+        BITDISTILL_REQUIRE(config_.beta2 >= 0.0 && config_.beta2 < 1.0,
                            "AdamW: beta2 must be in [0, 1), got ", config_.beta2);
-        BITDISTILL_REQUIRE(config_.eps > 0.0f, "AdamW: eps must be positive, got ", config_.eps);
-        BITDISTILL_REQUIRE(config_.weight_decay >= 0.0f,
+        BITDISTILL_REQUIRE(config_.eps > 0.0, "AdamW: eps must be positive, got ", config_.eps);
+        BITDISTILL_REQUIRE(config_.weight_decay >= 0.0,
                            "AdamW: weight_decay must not be negative, got ", config_.weight_decay);
         first_moments_.reserve(params_.size());
         second_moments_.reserve(params_.size());
@@ -88,15 +90,15 @@ public:
                            "AdamW::step: learning rate must be finite and non-negative, got ", lr);
         ++step_count_;
         const double t = static_cast<double>(step_count_);
-        const double bias_correction1 = 1.0 - std::pow(static_cast<double>(config_.beta1), t);
-        const double bias_correction2 = 1.0 - std::pow(static_cast<double>(config_.beta2), t);
-        const float step_size = static_cast<float>(lr / bias_correction1);
-        const float inverse_bias_correction2_sqrt = static_cast<float>(1.0 / std::sqrt(bias_correction2));
-        const float beta1 = config_.beta1;
-        const float beta2 = config_.beta2;
-        const float one_minus_beta1 = 1.0f - beta1;
-        const float one_minus_beta2 = 1.0f - beta2;
-        const float eps = config_.eps;
+        const double bias_correction1 = 1.0 - std::pow(config_.beta1, t);
+        const double bias_correction2 = 1.0 - std::pow(config_.beta2, t);
+        const auto step_size = static_cast<float>(static_cast<double>(lr) / bias_correction1);
+        const auto inverse_bias_correction2_sqrt = static_cast<float>(1.0 / std::sqrt(bias_correction2));
+        const auto beta1 = static_cast<float>(config_.beta1);
+        const auto beta2 = static_cast<float>(config_.beta2);
+        const auto one_minus_beta1 = static_cast<float>(1.0 - config_.beta1);
+        const auto one_minus_beta2 = static_cast<float>(1.0 - config_.beta2);
+        const auto eps = static_cast<float>(config_.eps);
 
         for (std::size_t i = 0; i < params_.size(); ++i) {
             float* w = params_[i].value.data();
