@@ -92,6 +92,47 @@ TEST_CASE("gemm splits rows over threads") {
     CHECK(c2(199, 149) == doctest::Approx(expected).epsilon(1e-4));
 }
 
+TEST_CASE("gemm kernels match a naive product") {
+    // Every transpose pair, edge sizes that are not multiples of the tiles, several depth
+    // blocks, alpha and accumulation; on each instruction set this CPU runs.
+    struct Case {
+        std::int64_t m, n, k;
+    };
+    const Case cases[] = {{1, 1, 1}, {13, 33, 7}, {25, 70, 300}, {100, 530, 20}};
+    const Isa best = detected_isa();
+    for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512vnni}) {
+        if (!isa_supported(isa)) continue;
+        force_isa(isa);
+        for (const Case& c : cases)
+            for (Trans ta : {Trans::no, Trans::yes})
+                for (Trans tb : {Trans::no, Trans::yes})
+                    for (bool accumulate : {false, true}) {
+                        const Tensor<float> a = random_tensor(ta == Trans::no ? Shape{c.m, c.k} : Shape{c.k, c.m}, 50);
+                        const Tensor<float> b = random_tensor(tb == Trans::no ? Shape{c.k, c.n} : Shape{c.n, c.k}, 51);
+                        Tensor<float> out = random_tensor(Shape{c.m, c.n}, 52);
+                        const Tensor<float> initial = out;
+                        gemm(ta, tb, c.m, c.n, c.k, 0.5f, a.data(), a.cols(), b.data(), b.cols(), accumulate,
+                             out.data(), c.n);
+                        double max_error = 0.0;
+                        for (std::int64_t i = 0; i < c.m; ++i)
+                            for (std::int64_t j = 0; j < c.n; ++j) {
+                                double expected = accumulate ? initial(i, j) : 0.0;
+                                for (std::int64_t p = 0; p < c.k; ++p) {
+                                    const double av = ta == Trans::no ? a(i, p) : a(p, i);
+                                    const double bv = tb == Trans::no ? b(p, j) : b(j, p);
+                                    expected += 0.5 * av * bv;
+                                }
+                                max_error = std::max(max_error, std::abs(expected - out(i, j)));
+                            }
+                        INFO("isa " << isa_name(isa) << ", m " << c.m << ", n " << c.n << ", k " << c.k
+                                    << ", transposes " << (ta == Trans::yes) << (tb == Trans::yes)
+                                    << ", accumulate " << accumulate);
+                        CHECK(max_error <= 1e-5 * static_cast<double>(c.k));
+                    }
+    }
+    force_isa(best);
+}
+
 TEST_CASE("silu and swiglu gradients") {
     std::vector<Leaf> leaves{{"gate", random_tensor(Shape{4, 6}, 13, -3.0f, 3.0f)},
                              {"up", random_tensor(Shape{4, 6}, 14)}};

@@ -1,10 +1,12 @@
 // Float matrix products for the autodiff ops: row-major C = alpha * op(A) op(B) (+ C).
 //
-// The products run on Eigen's cache-blocked GEMM kernel. Eigen's expression API allocates
-// its packing buffers on every product, so this header calls the kernel with packing
-// buffers that each thread keeps between calls: after the first product of the largest
-// shape, a product allocates nothing. Threads come from bitdistill::parallel_for, which
-// splits the rows of C; inside an enclosing parallel region the product runs serially.
+// On CPUs where the active instruction set is avx512vnni (see core/isa.hpp) the products
+// run on the AVX-512 kernel of gemm_avx512.hpp, elsewhere on Eigen's cache-blocked GEMM
+// kernel. Eigen's expression API allocates its packing buffers on every product, so this
+// header calls Eigen's kernel with packing buffers that each thread keeps between calls.
+// With either kernel, a product allocates nothing after the first one of the largest
+// shape. Threads come from bitdistill::parallel_for, which splits the rows of C; inside an
+// enclosing parallel region the product runs serially.
 #pragma once
 
 #include <algorithm>
@@ -13,8 +15,10 @@
 
 #include <Eigen/Core>
 
+#include "bitdistill/autodiff/gemm_avx512.hpp"
 #include "bitdistill/core/aligned.hpp"
 #include "bitdistill/core/error.hpp"
+#include "bitdistill/core/isa.hpp"
 #include "bitdistill/core/parallel.hpp"
 
 #if EIGEN_VERSION_AT_LEAST(3, 3, 90)
@@ -79,11 +83,14 @@ void colmajor_gemm(Eigen::Index rows, Eigen::Index cols, Eigen::Index depth, con
 }
 #endif
 
-/// Serial row-major product on rows [0, m) of C; see gemm.
-inline void gemm_serial(Trans trans_a, Trans trans_b, std::int64_t m, std::int64_t n,
-                        std::int64_t k, float alpha, const float* a, std::int64_t lda,
-                        const float* b, std::int64_t ldb, float* c, std::int64_t ldc) {
-    if (m == 0 || n == 0 || k == 0) return;
+/// Serial row-major product C (+)= alpha * op(A) op(B) on Eigen's kernel; see gemm.
+inline void gemm_serial_eigen(Trans trans_a, Trans trans_b, std::int64_t m, std::int64_t n,
+                              std::int64_t k, float alpha, const float* a, std::int64_t lda,
+                              const float* b, std::int64_t ldb, bool accumulate, float* c,
+                              std::int64_t ldc) {
+    if (!accumulate)
+        for (std::int64_t i = 0; i < m; ++i)
+            std::memset(c + i * ldc, 0, static_cast<std::size_t>(n) * sizeof(float));
 #if BITDISTILL_EIGEN_LOW_LEVEL_GEMM
     // Row-major C [m x n] is column-major C^T [n x m] = op(B)^T [n x k] * op(A)^T [k x m].
     // op(B)^T is B read column-major (no transpose) or row-major (transpose); op(A)^T
@@ -113,6 +120,21 @@ inline void gemm_serial(Trans trans_a, Trans trans_b, std::int64_t m, std::int64
 #endif
 }
 
+/// Serial row-major product C (+)= alpha * op(A) op(B) on the best kernel available.
+inline void gemm_serial(Trans trans_a, Trans trans_b, std::int64_t m, std::int64_t n,
+                        std::int64_t k, float alpha, const float* a, std::int64_t lda,
+                        const float* b, std::int64_t ldb, bool accumulate, float* c,
+                        std::int64_t ldc) {
+#if BITDISTILL_GEMM_AVX512
+    if (active_isa() == Isa::avx512vnni) {
+        gemm_avx512(trans_a == Trans::yes, trans_b == Trans::yes, m, n, k, alpha, a, lda, b, ldb,
+                    accumulate, c, ldc);
+        return;
+    }
+#endif
+    gemm_serial_eigen(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
+}
+
 inline bool inside_parallel_region() {
 #if defined(_OPENMP)
     return omp_in_parallel() != 0;
@@ -126,8 +148,8 @@ inline bool inside_parallel_region() {
 /// Row-major product C = alpha * op(A) * op(B), or C += alpha * op(A) * op(B) when
 /// `accumulate` is true.
 ///
-/// Shapes: op(A) [m x k], op(B) [k x n], C [m x n]; A is stored [m x k] (Trans::no) or
-/// [k x m] (Trans::yes) with row stride lda, B is stored [k x n] or [n x k] with row
+/// Shapes: op(A) [m x k], op(B) [k x n], C [m x n]. A is stored [m x k] (Trans::no) or
+/// [k x m] (Trans::yes) with row stride lda. B is stored [k x n] or [n x k] with row
 /// stride ldb, and C has row stride ldc. C must not overlap A or B. Rows of C are split
 /// over num_threads() threads unless the call is already inside a parallel region.
 inline void gemm(Trans trans_a, Trans trans_b, std::int64_t m, std::int64_t n, std::int64_t k,
@@ -135,10 +157,12 @@ inline void gemm(Trans trans_a, Trans trans_b, std::int64_t m, std::int64_t n, s
                  bool accumulate, float* c, std::int64_t ldc) {
     BITDISTILL_ASSERT(m >= 0 && n >= 0 && k >= 0);
     if (m == 0 || n == 0) return;
-    if (!accumulate)
-        for (std::int64_t i = 0; i < m; ++i)
-            std::memset(c + i * ldc, 0, static_cast<std::size_t>(n) * sizeof(float));
-    if (k == 0) return;
+    if (k == 0) {
+        if (!accumulate)
+            for (std::int64_t i = 0; i < m; ++i)
+                std::memset(c + i * ldc, 0, static_cast<std::size_t>(n) * sizeof(float));
+        return;
+    }
 
     // Split only products big enough to pay for a fork (about 2 MFLOP per thread).
     const std::int64_t flops = 2 * m * n * k;
@@ -147,7 +171,7 @@ inline void gemm(Trans trans_a, Trans trans_b, std::int64_t m, std::int64_t n, s
                             : static_cast<int>(std::min<std::int64_t>(
                                   num_threads(), std::max<std::int64_t>(1, flops / 2'000'000)));
     if (threads <= 1 || m < 32) {
-        detail::gemm_serial(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, c, ldc);
+        detail::gemm_serial(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, accumulate, c, ldc);
         return;
     }
     // Row chunks are multiples of 16 so that every thread gets whole SIMD panels.
@@ -156,7 +180,7 @@ inline void gemm(Trans trans_a, Trans trans_b, std::int64_t m, std::int64_t n, s
     parallel_for(m, grain, [&](std::int64_t first, std::int64_t last) {
         const float* a_rows = trans_a == Trans::no ? a + first * lda : a + first;
         detail::gemm_serial(trans_a, trans_b, last - first, n, k, alpha, a_rows, lda, b, ldb,
-                            c + first * ldc, ldc);
+                            accumulate, c + first * ldc, ldc);
     });
 }
 

@@ -44,25 +44,29 @@ inline Var silu(Tape& tape, Var x) {
 
 // ------------------------------------------------------------------------------- swiglu
 
-/// y = silu(gate) * up. Shapes: gate, up, y with `count` elements each.
-inline void swiglu_forward(const float* gate, const float* up, float* y, std::int64_t count) {
+/// y = silu(gate) * up = gate * sigmoid(gate) * up, storing sigmoid(gate) in `sigmoid_gate`
+/// for the backward pass. Shapes: gate, up, y, sigmoid_gate with `count` elements each.
+inline void swiglu_forward(const float* gate, const float* up, float* y, float* sigmoid_gate,
+                           std::int64_t count) {
     detail::parallel_elements(count, [&](std::int64_t first, std::int64_t last) {
-        for (std::int64_t i = first; i < last; ++i)
-            y[i] = gate[i] * detail::sigmoid(gate[i]) * up[i];
+        for (std::int64_t i = first; i < last; ++i) {
+            const float s = detail::sigmoid(gate[i]);
+            sigmoid_gate[i] = s;
+            y[i] = gate[i] * s * up[i];
+        }
     });
 }
 
-/// dgate += dy * up * silu'(gate), dup += dy * silu(gate).
-inline void swiglu_backward(const float* gate, const float* up, const float* dy,
-                            const GradientSink& dgate, const GradientSink& dup,
+/// dgate += dy * up * s (1 + gate (1 - s)) (the SiLU derivative), dup += dy * gate * s,
+/// with s = sigmoid(gate) from the forward pass.
+inline void swiglu_backward(const float* gate, const float* up, const float* sigmoid_gate,
+                            const float* dy, const GradientSink& dgate, const GradientSink& dup,
                             std::int64_t count) {
     detail::write_gradient(dgate, count, [&](std::int64_t i) {
-        const float s = detail::sigmoid(gate[i]);
+        const float s = sigmoid_gate[i];
         return dy[i] * up[i] * s * (1.0f + gate[i] * (1.0f - s));
     });
-    detail::write_gradient(dup, count, [&](std::int64_t i) {
-        return dy[i] * gate[i] * detail::sigmoid(gate[i]);
-    });
+    detail::write_gradient(dup, count, [&](std::int64_t i) { return dy[i] * gate[i] * sigmoid_gate[i]; });
 }
 
 /// Gated SiLU unit of the Llama FFN: silu(gate) * up. Shapes: gate, up and the result
@@ -73,11 +77,12 @@ inline Var swiglu(Tape& tape, Var gate, Var up) {
         const Node& n = t.node(self);
         const GradientSink dgate = t.gradient_sink(n.inputs[0]);
         const GradientSink dup = t.gradient_sink(n.inputs[1]);
-        swiglu_backward(t.node(n.inputs[0]).value, t.node(n.inputs[1]).value, n.grad, dgate,
-                        dup, n.shape.numel());
+        swiglu_backward(t.node(n.inputs[0]).value, t.node(n.inputs[1]).value, n.saved[0].data(), n.grad,
+                        dgate, dup, n.shape.numel());
     }, {gate, up});
-    swiglu_forward(tape.value(gate).data(), tape.value(up).data(), tape.value(y).data(),
-                   tape.shape(y).numel());
+    const std::int64_t count = tape.shape(y).numel();
+    float* sigmoid_gate = tape.saved(y, 0, count);
+    swiglu_forward(tape.value(gate).data(), tape.value(up).data(), tape.value(y).data(), sigmoid_gate, count);
     return y;
 }
 
