@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -101,6 +102,20 @@ TEST_CASE("check_gradients restores the inputs") {
         CHECK(f.x[i] == x_before[i]);
         CHECK(f.w[i] == w_before[i]);
     }
+}
+
+TEST_CASE("check_gradients restores the input on a throw") {
+    SineProduct f(8);
+    const float first_value = f.x[0];
+    GradCheckOptions options;
+    options.max_elements_per_input = 0;
+    int calls = 0;
+    auto failing_loss = [&]() -> double {
+        if (++calls == 2) throw std::runtime_error("forward failed");
+        return f.loss();
+    };
+    CHECK_THROWS_AS((void)check_gradients(failing_loss, f.inputs(), options), std::runtime_error);
+    CHECK(f.x[0] == first_value);
 }
 
 TEST_CASE("check_gradients subset is capped and seeded") {

@@ -3,8 +3,8 @@
 // tests/fixtures/make_loss_fixtures.py) and gradients against central differences.
 //
 // Fixture tolerances: the C++ losses run in float and the references in float64 from the
-// same float32 inputs, so values agree to a few float ulps of the terms involved;
-// atol 1e-6 / rtol 1e-5 covers that with a margin of about 10x.
+// same float32 inputs, so values agree to a few float ulps of the terms involved.
+// atol 1e-6 and rtol 1e-5 (1e-4 for the relation gradients) leave a margin of about 10x.
 #include <doctest/doctest.h>
 
 #include <bitdistill/bitdistill.hpp>
@@ -60,8 +60,8 @@ TEST_CASE("cross_entropy gradient passes gradcheck") {
     Tensor<float> grad(logits.shape());
     (void)cross_entropy(logits, targets, grad);
 
-    // Step 1e-2: the float forward pass is accurate to about 1e-7 in the loss, which
-    // gives about 1e-5 of noise in the difference quotient; the gradient is of order 0.1.
+    // The float forward pass is accurate to about 1e-7 in the loss. With step 1e-2 that
+    // gives about 1e-5 of noise in the difference quotient, against gradients of order 0.1.
     GradCheckOptions options;
     options.step = 1e-2;
     options.atol = 2e-5;
@@ -162,6 +162,20 @@ TEST_CASE("logits_distillation gradient passes gradcheck") {
             {{"student_logits", student.view(), grad.view()}}, options);
         CHECK_MESSAGE(report.passed(), report.to_string());
     }
+}
+
+TEST_CASE("logits_distillation gradient may overwrite the student") {
+    std::mt19937 engine(23);
+    Tensor<float> teacher = random_tensor(Shape{4, 9}, engine, 3.0f);
+    Tensor<float> student = random_tensor(Shape{4, 9}, engine, 3.0f);
+    const std::vector<std::uint8_t> mask{1, 1, 0, 1};
+    Tensor<float> separate(student.shape());
+    const float expected = logits_distillation(teacher, student, 5.0f, mask, separate);
+
+    Tensor<float> in_place = student;
+    const float loss = logits_distillation(teacher, in_place.view(), 5.0f, mask, in_place.view());
+    CHECK(loss == expected);
+    for (std::int64_t i = 0; i < in_place.numel(); ++i) CHECK(in_place[i] == separate[i]);
 }
 
 TEST_CASE("logits_distillation of equal logits is zero") {
@@ -308,7 +322,7 @@ TEST_CASE("attention_relation gradient passes gradcheck") {
 
         // Gradients are of order 1e-5 to 1e-3. With step 1e-2 the quotient differs from them
         // by at most about 3e-7 for cosine (rounding noise) and about 0.5 % for scaled_dot,
-        // whose larger relations raise the truncation error; the tolerance leaves 2x to 10x.
+        // because its larger relations raise the truncation error. The tolerance leaves 2x to 10x.
         GradCheckOptions check;
         check.step = 1e-2;
         check.atol = 3e-6;
@@ -425,6 +439,31 @@ TEST_CASE("attention_relation workspace is reused") {
                              .total;
     CHECK(buffer_allocations() == allocations);
     CHECK(first == second);
+}
+
+TEST_CASE("attention_relation is the same on two threads") {
+    std::mt19937 engine(38);
+    const QkvTensors teacher = random_qkv(3 * 7, 16, 8, engine);
+    const QkvTensors student = random_qkv(3 * 7, 8, 8, engine);
+    std::vector<std::uint8_t> mask(21, 1);
+    mask[6] = 0;
+    mask[20] = 0;
+    AttentionRelationOptions options;
+    options.relation_heads = 4;
+    QkvTensors one_thread = zeros_like(student);
+    QkvTensors two_threads = zeros_like(student);
+    set_num_threads(1);
+    const double serial = attention_relation_distillation(teacher.views(), student.views(), 3, 7, mask, options,
+                                                          grad_views(one_thread))
+                              .total;
+    set_num_threads(2);
+    const double parallel = attention_relation_distillation(teacher.views(), student.views(), 3, 7, mask, options,
+                                                            grad_views(two_threads))
+                                .total;
+    set_num_threads(1);
+    // Each sequence is summed on one thread and the sums are added in sequence order.
+    CHECK(serial == parallel);
+    for (std::int64_t i = 0; i < one_thread.query.numel(); ++i) CHECK(one_thread.query[i] == two_threads.query[i]);
 }
 
 TEST_CASE("attention_relation skips empty gradient views") {

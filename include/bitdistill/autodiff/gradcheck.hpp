@@ -125,8 +125,8 @@ inline std::vector<std::int64_t> gradcheck_indices(std::int64_t total, int limit
     std::uint64_t state = seed;
     for (std::int64_t j = total - limit; j < total; ++j) {
         const auto candidate = static_cast<std::int64_t>(splitmix64(state) % static_cast<std::uint64_t>(j + 1));
-        const bool taken = std::find(indices.begin(), indices.end(), candidate) != indices.end();
-        indices.push_back(taken ? j : candidate);
+        const bool already_drawn = std::find(indices.begin(), indices.end(), candidate) != indices.end();
+        indices.push_back(already_drawn ? j : candidate);
     }
     std::sort(indices.begin(), indices.end());
     return indices;
@@ -135,10 +135,10 @@ inline std::vector<std::int64_t> gradcheck_indices(std::int64_t total, int limit
 }  // namespace detail
 
 /// Compares each input's analytic gradient with central differences of `loss` and
-/// returns a report; it never throws on a mismatch, so callers decide how to react.
+/// returns a report. A mismatch never throws, so callers decide how to react.
 ///
 /// `loss` must be deterministic and read the inputs' current values. Each checked element
-/// costs two calls. Values are restored exactly after each element.
+/// costs two calls. Each value is restored exactly after its element, also when `loss` throws.
 /// Throws shape_error when an analytic gradient's shape differs from its value's, and
 /// std::invalid_argument when an option is out of range or the step vanishes in float
 /// rounding at some element (choose a larger step for inputs of large magnitude).
@@ -177,10 +177,17 @@ inline GradCheckReport check_gradients(const std::function<double()>& loss,
                                " is lost in float rounding at ", input.name, "[", index, "] = ", original,
                                "; use a larger step");
 
-            element = plus;
-            const double loss_plus = loss();
-            element = minus;
-            const double loss_minus = loss();
+            double loss_plus = 0.0;
+            double loss_minus = 0.0;
+            try {
+                element = plus;
+                loss_plus = loss();
+                element = minus;
+                loss_minus = loss();
+            } catch (...) {
+                element = original;
+                throw;
+            }
             element = original;
 
             const double numeric = (loss_plus - loss_minus) / applied;

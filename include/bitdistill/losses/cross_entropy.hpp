@@ -14,8 +14,8 @@
 
 namespace bitdistill {
 
-/// Target value that marks a position as ignored (prompt or padding tokens), as
-/// PyTorch's `ignore_index=-1` does.
+/// Target value that marks a position as ignored (prompt or padding tokens). It plays
+/// the role of PyTorch's `ignore_index`, whose default there is -100 instead.
 inline constexpr std::int32_t ignored_target = -1;
 
 /// Computes the mean over non-ignored rows of -log softmax(logits)[row, target[row]] and,
@@ -27,8 +27,8 @@ inline constexpr std::int32_t ignored_target = -1;
 /// and zero for ignored rows, where count is the number of non-ignored rows. When every
 /// target is ignored the loss is 0 and the gradient is all zeros, so a batch made only
 /// of prompt tokens contributes nothing instead of producing 0/0.
-/// `grad_logits` may alias `logits` (in-place gradient), because each row is read in
-/// full before it is written. Rows are split over `num_threads()` threads. The loss sum
+/// `grad_logits` may be the same view as `logits` (in-place gradient): each row's maximum,
+/// sum and target logit are read before the row is overwritten. Rows are split over `num_threads()` threads. The loss sum
 /// is accumulated in double per chunk of rows, so its last bits can depend on the thread count.
 /// Throws shape_error on a shape mismatch and std::invalid_argument naming the row and
 /// the value of the first target that is out of range.
@@ -74,7 +74,7 @@ inline float cross_entropy(TensorView<const float> logits,
                 continue;
             }
 
-            // Shift by the row maximum so that exp never overflows.
+            // Shift by the row maximum: every exponent is then <= 0, so exp cannot overflow.
             const float max_logit = *std::max_element(z, z + vocab);
             double sum_exp = 0.0;
             for (std::int64_t j = 0; j < vocab; ++j) sum_exp += std::exp(z[j] - max_logit);

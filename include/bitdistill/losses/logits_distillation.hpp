@@ -14,13 +14,13 @@
 
 namespace bitdistill {
 
-/// Distillation temperature tau used by BitNet Distillation for every task.
+/// Default distillation temperature tau, the value BitNet Distillation uses for classification.
 inline constexpr float default_distillation_temperature = 5.0f;
 
 namespace detail {
 
 /// Maximum and log-sum-exp of `logits * scale` over `count` values. The sum is kept in
-/// double because vocabularies reach 150,000 entries.
+/// double because vocabularies can have 100,000 entries or more.
 struct LogSoftmaxOffsets {
     float max_scaled = 0.0f;
     double log_sum_exp = 0.0;
@@ -46,8 +46,9 @@ inline LogSoftmaxOffsets log_softmax_offsets(const float* logits, std::int64_t c
 /// shapes), mask empty (all rows counted) or N bytes with 1 for counted rows and 0 for
 /// padding, grad_student empty or the shape of student_logits. tau must be positive.
 /// With no counted row the loss is 0 and the gradient is all zeros.
-/// `grad_student` may alias `student_logits`, because each row is read in full before
-/// it is written. Rows are split over `num_threads()` threads.
+/// `grad_student` may be the same view as `student_logits`: each student row's maximum
+/// and sum are computed before the row is overwritten, one element after its last read. Rows are split over `num_threads()` threads. The loss sum is accumulated
+/// in double per chunk of rows, so its last bits can depend on the thread count.
 /// Throws shape_error on a shape mismatch and std::invalid_argument on a bad tau or a
 /// mask value other than 0 or 1.
 inline float logits_distillation(TensorView<const float> teacher_logits,

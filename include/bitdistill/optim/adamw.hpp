@@ -1,5 +1,5 @@
-// AdamW (Loshchilov and Hutter, "Decoupled Weight Decay Regularization", arXiv 1711.05101)
-// with the update order of torch.optim.AdamW in PyTorch 1.13.
+// AdamW (Loshchilov and Hutter, "Decoupled Weight Decay Regularization") with the update
+// order of torch.optim.AdamW in PyTorch 1.13.
 #pragma once
 
 #include <algorithm>

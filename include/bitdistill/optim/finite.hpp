@@ -35,7 +35,7 @@ inline std::int64_t first_non_finite(const float* data, std::int64_t count) noex
     return -1;
 }
 
-[[noreturn]] inline void throw_non_finite(std::int64_t step, std::string_view name,
+[[noreturn]] inline void throw_non_finite_element(std::int64_t step, std::string_view name,
                                           std::string_view suffix, TensorView<const float> values,
                                           std::int64_t index) {
     const std::int64_t cols = values.cols() > 0 ? values.cols() : 1;
@@ -53,7 +53,7 @@ inline std::int64_t first_non_finite(const float* data, std::int64_t count) noex
 inline void check_finite(std::int64_t step, std::string_view name, TensorView<const float> values) {
     if (values.data() == nullptr) return;
     const std::int64_t index = detail::first_non_finite(values.data(), values.numel());
-    if (index >= 0) detail::throw_non_finite(step, name, "", values, index);
+    if (index >= 0) detail::throw_non_finite_element(step, name, "", values, index);
 }
 
 /// Throws numeric_error naming the step, `name` and the value unless `value` is finite.
@@ -71,7 +71,7 @@ inline void check_loss_and_gradients(std::int64_t step, float loss, std::span<co
     for (const ParamRef& param : params) {
         if (param.grad.data() == nullptr) continue;
         const std::int64_t index = detail::first_non_finite(param.grad.data(), param.grad.numel());
-        if (index >= 0) detail::throw_non_finite(step, param.name, ".grad", param.grad, index);
+        if (index >= 0) detail::throw_non_finite_element(step, param.name, ".grad", param.grad, index);
     }
 }
 
