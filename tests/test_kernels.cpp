@@ -113,7 +113,8 @@ std::vector<Case> make_cases(std::mt19937& rng, int count) {
     const std::int64_t edge_cols[] = {1,  2,  3,   4,   5,   15,  16,  17,  19,  20,  21,  31,
                                       32, 33, 63,  64,  65,  79,  80,  81,  127, 128, 129, 255,
                                       256, 257, 319, 320, 321, 639, 640, 641, 1000, 1283};
-    const std::int64_t edge_rows[] = {1, 2, 3, 7, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 64, 65, 100};
+    const std::int64_t edge_rows[] = {1,  2,  3,  7,  15, 16, 17, 31, 32,
+                                      33, 47, 48, 49, 63, 64, 65, 100};
     const std::int64_t edge_tokens[] = {1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 17, 24, 25, 33};
     std::uniform_int_distribution<std::size_t> pick_cols(0, std::size(edge_cols) - 1);
     std::uniform_int_distribution<std::size_t> pick_rows(0, std::size(edge_rows) - 1);

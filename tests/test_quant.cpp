@@ -37,7 +37,8 @@ bool small_scale() {
 Tensor<float> make_tensor(std::int64_t rows, std::int64_t cols, const std::vector<float>& values) {
     Tensor<float> tensor(Shape{rows, cols});
     REQUIRE(static_cast<std::int64_t>(values.size()) == rows * cols);
-    for (std::size_t i = 0; i < values.size(); ++i) tensor[static_cast<std::int64_t>(i)] = values[i];
+    for (std::size_t i = 0; i < values.size(); ++i)
+        tensor[static_cast<std::int64_t>(i)] = values[i];
     return tensor;
 }
 
@@ -172,7 +173,8 @@ TEST_CASE("padding codes mean weight 0 in both storages") {
                         const std::int64_t r = group * 16 + row;
                         const std::int64_t c = chunk * 16 + 4 * field + lane;
                         if (r < 17 && c < 23) continue;
-                        const int code = (two_bit.chunk(group, chunk)[4 * row + lane] >> (2 * field)) & 3;
+                        const std::uint8_t byte = two_bit.chunk(group, chunk)[4 * row + lane];
+                        const int code = (byte >> (2 * field)) & 3;
                         CHECK(code == 1);
                     }
     for (std::int64_t group = 0; group < one_six.groups(); ++group)
@@ -415,7 +417,8 @@ TEST_CASE_TEMPLATE("fake_quantize_ternary equals dequantize of quantize", Enc, T
         const auto reference = dequantize(quantize_ternary<Enc>(w.view()));
         REQUIRE(fake.numel() == reference.numel());
         for (std::int64_t k = 0; k < fake.numel(); ++k)
-            CHECK(std::bit_cast<std::uint32_t>(fake[k]) == std::bit_cast<std::uint32_t>(reference[k]));
+            CHECK(std::bit_cast<std::uint32_t>(fake[k]) ==
+                  std::bit_cast<std::uint32_t>(reference[k]));
     }
 }
 
@@ -429,7 +432,8 @@ TEST_CASE_TEMPLATE("fake_quantize_int8 equals dequantize of quantize", Enc, Int8
         const auto reference = dequantize(quantize_int8<Enc>(x.view()));
         REQUIRE(fake.numel() == reference.numel());
         for (std::int64_t k = 0; k < fake.numel(); ++k)
-            CHECK(std::bit_cast<std::uint32_t>(fake[k]) == std::bit_cast<std::uint32_t>(reference[k]));
+            CHECK(std::bit_cast<std::uint32_t>(fake[k]) ==
+                  std::bit_cast<std::uint32_t>(reference[k]));
     }
 }
 

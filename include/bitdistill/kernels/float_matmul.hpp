@@ -10,6 +10,14 @@
 #include <algorithm>
 #include <cstdint>
 
+// GCC 12 reports the `_mm512_undefined_*` placeholders inside Eigen's AVX-512 packet code as
+// maybe-uninitialized when a program is compiled with -mavx512f (-march=native here).
+// The warning is placed in Eigen's headers, so the pragma has to cover their inclusion.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #include <Eigen/Core>
 
 #include "bitdistill/core/error.hpp"
@@ -42,8 +50,9 @@ inline void matmul_into(TensorView<const float> w, TensorView<const float> x,
     Eigen::Map<RowMajor> result(y.data(), tokens, out_features);
     if (tokens == 1) {
         // About 2^16 multiply-adds a grain, so small products stay on one thread.
+        const std::int64_t work_per_row = std::max<std::int64_t>(in_features, 1);
         const std::int64_t grain =
-            std::max<std::int64_t>(16, (std::int64_t{1} << 16) / std::max<std::int64_t>(in_features, 1));
+            std::max<std::int64_t>(16, (std::int64_t{1} << 16) / work_per_row);
         parallel_for(out_features, grain, [&](std::int64_t first, std::int64_t last) {
             const auto count = static_cast<Eigen::Index>(last - first);
             result.row(0).segment(static_cast<Eigen::Index>(first), count).noalias() =
@@ -57,3 +66,7 @@ inline void matmul_into(TensorView<const float> w, TensorView<const float> x,
 }
 
 }  // namespace bitdistill
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif

@@ -22,6 +22,8 @@
 #include "bitdistill/core/isa.hpp"
 #include "bitdistill/core/parallel.hpp"
 #include "bitdistill/core/tensor.hpp"
+#include "bitdistill/kernels/arch/avx2.hpp"
+#include "bitdistill/kernels/arch/avx512vnni.hpp"
 #include "bitdistill/kernels/arch/common.hpp"
 #include "bitdistill/kernels/arch/scalar.hpp"
 #include "bitdistill/kernels/reference.hpp"
@@ -62,9 +64,20 @@ void run_ternary_matmul(const PackedTernaryView& w, const Int8RowsView& x,
     const std::int64_t grain = std::max<std::int64_t>(1, (std::int64_t{1} << 18) / work_per_group);
     const Isa isa = active_isa();
     parallel_for(w.groups, grain, [&](std::int64_t first, std::int64_t last) {
-        // TODO: the AVX2 and AVX-512 VNNI paths are not written yet; every Isa runs scalar.
-        (void)isa;
-        run_groups<WeightEnc>(w, x, out, first, last, arch::scalar{});
+        switch (isa) {
+#if BITDISTILL_X86
+            case Isa::avx512vnni:
+                run_groups<WeightEnc>(w, x, out, first, last, arch::avx512vnni{});
+                return;
+            case Isa::avx2:
+                run_groups<WeightEnc>(w, x, out, first, last, arch::avx2{});
+                return;
+#endif
+            case Isa::scalar:
+            default:
+                run_groups<WeightEnc>(w, x, out, first, last, arch::scalar{});
+                return;
+        }
     });
 }
 

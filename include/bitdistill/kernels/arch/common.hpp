@@ -10,6 +10,17 @@
 
 #include "bitdistill/core/encoding.hpp"
 
+/// Fully unrolls the loop that follows. The kernels keep their accumulators in arrays
+/// indexed by compile-time loop counters; without full unrolling GCC at -O2 keeps those
+/// arrays in memory instead of registers.
+#if defined(__clang__)
+#define BITDISTILL_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define BITDISTILL_UNROLL _Pragma("GCC unroll 32")
+#else
+#define BITDISTILL_UNROLL
+#endif
+
 namespace bitdistill {
 
 namespace arch {
