@@ -10,12 +10,14 @@
 #include <map>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bitdistill/core/alloc_counter.hpp"
 #include "bitdistill/infer/model.hpp"
 #include "bitdistill/infer/sampler.hpp"
 #include "bitdistill/infer/session.hpp"
+#include "bitdistill/nn/decoder_model.hpp"
 #include "bitdistill/quant/quantize_int8.hpp"
 #include "bitdistill/quant/quantize_ternary.hpp"
 
@@ -97,7 +99,7 @@ public:
         for (LayerWeights& layer : w_.layers)
             for (Tensor<float>* m : {&layer.wq, &layer.wk, &layer.wv, &layer.wo, &layer.w_gate,
                                      &layer.w_up, &layer.w_down})
-                *m = stored(*m, format.projections);
+                *m = stored(*m, format.projections, format.ternary_scales);
         w_.embedding = stored(w_.embedding, format.embeddings);
         if (!w_.config.tied_embeddings) w_.lm_head = stored(w_.lm_head, format.embeddings);
         keys_.resize(w_.layers.size());
@@ -162,7 +164,8 @@ public:
     }
 
 private:
-    static Tensor<float> stored(const Tensor<float>& m, ProjectionEncoding encoding) {
+    static Tensor<float> stored(const Tensor<float>& m, ProjectionEncoding encoding,
+                                Granularity scales = Granularity::per_tensor) {
         Tensor<float> out(m.shape());
         switch (encoding) {
             case ProjectionEncoding::fp32: return m;
@@ -170,7 +173,10 @@ private:
                 for (std::int64_t i = 0; i < m.numel(); ++i) out[i] = to_float(to_bfloat16(m[i]));
                 return out;
             default:
-                fake_quantize_ternary<Ternary<2, Granularity::per_tensor>>(m.view(), out.view());
+                if (scales == Granularity::per_row)
+                    fake_quantize_ternary<Ternary<2, Granularity::per_row>>(m.view(), out.view());
+                else
+                    fake_quantize_ternary<Ternary<2, Granularity::per_tensor>>(m.view(), out.view());
                 return out;
         }
     }
@@ -246,6 +252,7 @@ const std::map<std::string, InferenceFormat> formats = {
     {"ternary2", InferenceFormat::ternary2()},
     {"ternary1_6", InferenceFormat::ternary1_6()},
     {"ternary2 with fp32 head", {ProjectionEncoding::ternary2, ProjectionEncoding::fp32}},
+    {"ternary1_6 with per-row scales", InferenceFormat::ternary1_6(Granularity::per_row)},
 };
 
 /// Tolerance of the engine against the reference, relative to the largest logit. fp32
@@ -291,6 +298,50 @@ TEST_CASE("engine matches the reference forward pass") {
                 INFO(std::string(variant.name), ", format ", format_name, ", position ", step);
                 CHECK(relative_error(logits, expected) <= tolerance(format));
             }
+        }
+    }
+}
+
+TEST_CASE("engine matches the trainable model") {
+    DecoderConfig config = small_config();
+    config.qk_norm = true;
+    config.subln = true;
+    const DecoderWeights weights = random_weights(config, 47);
+    const std::vector<int> tokens = random_tokens(11, config.vocab_size, 53);
+    const std::vector<std::int32_t> ids(tokens.begin(), tokens.end());
+
+    struct Case {
+        const char* name;
+        nn::ProjectionMode mode;
+        Granularity scales;
+        InferenceFormat format;
+        double tolerance;
+    };
+    const Case cases[] = {
+        {"float", nn::ProjectionMode::full_precision, Granularity::per_tensor, InferenceFormat::fp32(), 2e-5},
+        {"ternary per tensor", nn::ProjectionMode::ternary, Granularity::per_tensor,
+         {ProjectionEncoding::ternary2, ProjectionEncoding::fp32, Granularity::per_tensor}, 5e-3},
+        {"ternary per row", nn::ProjectionMode::ternary, Granularity::per_row,
+         {ProjectionEncoding::ternary1_6, ProjectionEncoding::fp32, Granularity::per_row}, 5e-3},
+    };
+    for (const Case& c : cases) {
+        nn::DecoderModel trainable(weights);
+        nn::BitLinearOptions options;
+        options.weight_granularity = c.scales;
+        trainable.set_projection_mode(c.mode, options);
+        autodiff::Tape tape;
+        const TensorView<const float> expected =
+            std::as_const(tape).value(trainable.forward(tape, ids, 1, static_cast<std::int64_t>(ids.size())));
+
+        const InferenceModel model = InferenceModel::build(weights, c.format);
+        InferenceSession session(model);
+        const TensorView<const float> actual = session.prefill_all(tokens);
+        REQUIRE(actual.shape() == expected.shape());
+        for (std::int64_t t = 0; t < actual.rows(); ++t) {
+            const std::vector<float> row(expected.row(t), expected.row(t) + expected.cols());
+            INFO(std::string(c.name), ", position ", t);
+            CHECK(relative_error(std::span<const float>(actual.row(t), static_cast<std::size_t>(actual.cols())), row) <=
+                  c.tolerance);
         }
     }
 }

@@ -197,6 +197,8 @@ TEST_CASE("student round trip gives identical logits") {
         {"ternary2", InferenceFormat::ternary2(), true, false},
         {"ternary1_6", InferenceFormat::ternary1_6(), true, false},
         {"ternary1_6 untied, all norms", InferenceFormat::ternary1_6(), false, true},
+        {"ternary2 per-row scales", InferenceFormat::ternary2(Granularity::per_row), true, false},
+        {"ternary1_6 per-row scales", InferenceFormat::ternary1_6(Granularity::per_row), false, false},
         {"ternary2 fp32 head", {ProjectionEncoding::ternary2, ProjectionEncoding::fp32}, false, false},
         {"bf16", InferenceFormat::bf16(), true, false},
         {"fp32", InferenceFormat::fp32(), false, false},
@@ -213,6 +215,7 @@ TEST_CASE("student round trip gives identical logits") {
         INFO(std::string(variant.name));
         CHECK(loaded.format.projections == model.format.projections);
         CHECK(loaded.format.embeddings == model.format.embeddings);
+        CHECK(loaded.format.ternary_scales == model.format.ternary_scales);
         CHECK(loaded.config.tied_embeddings == config.tied_embeddings);
         CHECK(loaded.config.all_norms == config.all_norms);
         CHECK(loaded.memory().total() == model.memory().total());
@@ -303,6 +306,11 @@ TEST_CASE("student load rejects damaged files") {
         write_at<std::int64_t>(bytes, wk.rows_field, 24);
         reseal(bytes, wk);
         expect(bytes, "tensor layers.0.wk has shape [24 x 40], expected [20 x 40]");
+
+        bytes = original;
+        write_at<float>(bytes, wk.rows_field + 16 + 4, -1.0f);  // the scale after the scale count
+        reseal(bytes, wk);
+        expect(bytes, "tensor layers.0.wk has an invalid scale -1 at index 0");
 
         const RecordOffsets& norm = find_record(records, "layers.1.ffn_norm");
         bytes = original;

@@ -5,10 +5,11 @@
 // - fp32: W as float; y computed by matmul_f32_into.
 // - bf16: W rounded to bfloat16; x is rounded to bf16 once per input, products summed in
 //   fp32 (matmul_bf16_into).
-// - ternary2 / ternary1_6: W quantized absmean per tensor (delta = max(mean|W|, 1e-5),
-//   codes clamp(round(W / delta), -1, 1)) and packed 2 bits or 1.6 bits a weight; x is
-//   quantized absmax per token to int8 (the training-side quantizer), and the product is
-//   the exact int32 kernel scaled by delta * gamma / 127.
+// - ternary2 / ternary1_6: W quantized absmean (delta = max(mean|W|, 1e-5), codes
+//   clamp(round(W / delta), -1, 1)) with one delta per tensor (the default) or per output
+//   row, and packed 2 bits or 1.6 bits a weight. x is quantized absmax per token to int8
+//   (the training-side quantizer), and the product is the exact int32 kernel scaled by
+//   delta * gamma / 127.
 #pragma once
 
 #include <algorithm>
@@ -47,9 +48,11 @@ enum class ProjectionEncoding { fp32, bf16, ternary2, ternary1_6 };
     return encoding == ProjectionEncoding::ternary2 || encoding == ProjectionEncoding::ternary1_6;
 }
 
-/// Ternary formats of the engine: one absmean scale per tensor.
+/// Ternary formats of the engine: one absmean scale per tensor, or one per output row.
 using Ternary2Weights = QTensor<Ternary<2, Granularity::per_tensor>>;
 using Ternary1_6Weights = QTensor<Ternary1_6<Granularity::per_tensor>>;
+using Ternary2RowWeights = QTensor<Ternary<2, Granularity::per_row>>;
+using Ternary1_6RowWeights = QTensor<Ternary1_6<Granularity::per_row>>;
 /// Activations of the ternary projections: int8 codes with one absmax scale per token.
 using Int8Activations = QTensor<Int8<8, Granularity::per_token>>;
 
@@ -93,13 +96,19 @@ private:
 /// A projection W [out x in] stored in one ProjectionEncoding.
 class PackedLinear {
 public:
-    using Storage = std::variant<Tensor<float>, Tensor<BFloat16>, Ternary2Weights, Ternary1_6Weights>;
+    /// The alternatives in ProjectionEncoding order, then the per-row ternary ones.
+    using Storage = std::variant<Tensor<float>, Tensor<BFloat16>, Ternary2Weights, Ternary1_6Weights,
+                                 Ternary2RowWeights, Ternary1_6RowWeights>;
 
     PackedLinear() = default;
     explicit PackedLinear(Storage storage) : storage_(std::move(storage)) {}
 
-    /// Encodes the float matrix `w` [out x in]; ternary encodings quantize absmean per tensor.
-    [[nodiscard]] static PackedLinear encode(TensorView<const float> w, ProjectionEncoding encoding) {
+    /// Encodes the float matrix `w` [out x in]. Ternary encodings quantize absmean with
+    /// `scales` per_tensor or per_row; float encodings ignore it.
+    [[nodiscard]] static PackedLinear encode(TensorView<const float> w, ProjectionEncoding encoding,
+                                             Granularity scales = Granularity::per_tensor) {
+        BITDISTILL_REQUIRE(scales != Granularity::per_token, "PackedLinear::encode: weights take per_tensor ",
+                           "or per_row scales, not per_token");
         BITDISTILL_REQUIRE_AS(shape_error, w.shape().rank() == 2 && w.numel() > 0,
                               "PackedLinear::encode: w must be a non-empty [out x in] matrix, got ",
                               w.shape().to_string());
@@ -115,15 +124,23 @@ public:
                 return PackedLinear(std::move(rounded));
             }
             case ProjectionEncoding::ternary2:
-                return PackedLinear(quantize_ternary<Ternary<2, Granularity::per_tensor>>(w));
+                if (scales == Granularity::per_row) return PackedLinear(quantize_ternary<Ternary2RowWeights::encoding>(w));
+                return PackedLinear(quantize_ternary<Ternary2Weights::encoding>(w));
             case ProjectionEncoding::ternary1_6:
-                return PackedLinear(quantize_ternary<Ternary1_6<Granularity::per_tensor>>(w));
+                if (scales == Granularity::per_row) return PackedLinear(quantize_ternary<Ternary1_6RowWeights::encoding>(w));
+                return PackedLinear(quantize_ternary<Ternary1_6Weights::encoding>(w));
         }
         throw std::invalid_argument("PackedLinear::encode: unknown encoding");
     }
 
     [[nodiscard]] ProjectionEncoding encoding() const noexcept {
-        return static_cast<ProjectionEncoding>(storage_.index());
+        const std::size_t index = storage_.index();
+        return static_cast<ProjectionEncoding>(index < 4 ? index : index - 2);
+    }
+    /// Where the ternary scales apply: per_row for the per-row alternatives, per_tensor
+    /// otherwise (float encodings included).
+    [[nodiscard]] Granularity scale_granularity() const noexcept {
+        return storage_.index() >= 4 ? Granularity::per_row : Granularity::per_tensor;
     }
     /// True for a default-constructed projection (no weights).
     [[nodiscard]] bool empty() const {
@@ -178,10 +195,13 @@ public:
                 matmul_bf16_into(x.bf16_view(), std::get<Tensor<BFloat16>>(storage_).view(), y);
                 return;
             case ProjectionEncoding::ternary2:
-                matmul_into(std::get<Ternary2Weights>(storage_), x.int8(), y);
-                return;
             case ProjectionEncoding::ternary1_6:
-                matmul_into(std::get<Ternary1_6Weights>(storage_), x.int8(), y);
+                std::visit(
+                    [&](const auto& w) {
+                        using W = std::decay_t<decltype(w)>;
+                        if constexpr (is_qtensor_v<W>) matmul_into(w, x.int8(), y);
+                    },
+                    storage_);
                 return;
         }
     }

@@ -27,14 +27,17 @@ namespace bitdistill {
 struct InferenceFormat {
     ProjectionEncoding projections = ProjectionEncoding::ternary2;
     ProjectionEncoding embeddings = ProjectionEncoding::bf16;
+    /// Scales of ternary projections: per_tensor (the default) or per_row. It must match
+    /// the granularity the student was trained with (BitLinearOptions::weight_granularity).
+    Granularity ternary_scales = Granularity::per_tensor;
 
     [[nodiscard]] static InferenceFormat fp32() { return {ProjectionEncoding::fp32, ProjectionEncoding::fp32}; }
     [[nodiscard]] static InferenceFormat bf16() { return {ProjectionEncoding::bf16, ProjectionEncoding::bf16}; }
-    [[nodiscard]] static InferenceFormat ternary2() {
-        return {ProjectionEncoding::ternary2, ProjectionEncoding::bf16};
+    [[nodiscard]] static InferenceFormat ternary2(Granularity scales = Granularity::per_tensor) {
+        return {ProjectionEncoding::ternary2, ProjectionEncoding::bf16, scales};
     }
-    [[nodiscard]] static InferenceFormat ternary1_6() {
-        return {ProjectionEncoding::ternary1_6, ProjectionEncoding::bf16};
+    [[nodiscard]] static InferenceFormat ternary1_6(Granularity scales = Granularity::per_tensor) {
+        return {ProjectionEncoding::ternary1_6, ProjectionEncoding::bf16, scales};
     }
 };
 
@@ -69,8 +72,8 @@ struct InferenceModel {
     std::vector<InferenceLayer> layers;
     Tensor<float> final_norm;  ///< [dim]
 
-    /// Encodes float weights in `format`: each projection quantized absmean per tensor when
-    /// ternary, the embedding and LM head rounded to bf16 when asked.
+    /// Encodes float weights in `format`: each projection quantized absmean (per tensor or
+    /// per row) when ternary, the embedding and LM head rounded to bf16 when asked.
     /// Throws std::invalid_argument or shape_error naming the first tensor that does not
     /// fit the configuration.
     [[nodiscard]] static InferenceModel build(const DecoderWeights& weights, InferenceFormat format) {
@@ -96,13 +99,14 @@ struct InferenceModel {
             layer.gate_up_norm = source.gate_up_norm;
             layer.ffn_subln = source.ffn_subln;
             const ProjectionEncoding encoding = format.projections;
-            layer.wq = PackedLinear::encode(source.wq.view(), encoding);
-            layer.wk = PackedLinear::encode(source.wk.view(), encoding);
-            layer.wv = PackedLinear::encode(source.wv.view(), encoding);
-            layer.wo = PackedLinear::encode(source.wo.view(), encoding);
-            layer.w_gate = PackedLinear::encode(source.w_gate.view(), encoding);
-            layer.w_up = PackedLinear::encode(source.w_up.view(), encoding);
-            layer.w_down = PackedLinear::encode(source.w_down.view(), encoding);
+            const Granularity scales = format.ternary_scales;
+            layer.wq = PackedLinear::encode(source.wq.view(), encoding, scales);
+            layer.wk = PackedLinear::encode(source.wk.view(), encoding, scales);
+            layer.wv = PackedLinear::encode(source.wv.view(), encoding, scales);
+            layer.wo = PackedLinear::encode(source.wo.view(), encoding, scales);
+            layer.w_gate = PackedLinear::encode(source.w_gate.view(), encoding, scales);
+            layer.w_up = PackedLinear::encode(source.w_up.view(), encoding, scales);
+            layer.w_down = PackedLinear::encode(source.w_down.view(), encoding, scales);
             model.layers.push_back(std::move(layer));
         }
         model.validate();
@@ -145,6 +149,9 @@ struct InferenceModel {
                                   "], expected [", rows, " x ", cols, "]");
             BITDISTILL_REQUIRE(w.encoding() == encoding, "InferenceModel: ", name, " is stored as ",
                                encoding_name(w.encoding()), ", expected ", encoding_name(encoding));
+            const Granularity scales = is_ternary(encoding) ? format.ternary_scales : Granularity::per_tensor;
+            BITDISTILL_REQUIRE(w.scale_granularity() == scales, "InferenceModel: ", name,
+                               " has scales of another granularity than the format's");
         };
         auto check_gain = [&](const Tensor<float>& gain, const std::string& name, bool present,
                               std::int64_t width) {
@@ -190,6 +197,8 @@ private:
     static void check_format(const InferenceFormat& format) {
         BITDISTILL_REQUIRE(!is_ternary(format.embeddings), "InferenceFormat: the embedding and LM head take ",
                            "fp32 or bf16, not ", encoding_name(format.embeddings));
+        BITDISTILL_REQUIRE(format.ternary_scales != Granularity::per_token,
+                           "InferenceFormat: ternary scales are per_tensor or per_row, not per_token");
     }
 
     /// Checks the float weights before anything is encoded, so a bad shape is reported

@@ -12,7 +12,7 @@
 //       f32 norm_eps, rope_theta, subln_eps
 //       u8  flags: bit 0 qk_norm, bit 1 subln, bit 2 all_norms, bit 3 tied_embeddings
 //       u8  projection encoding, u8 embedding encoding (0 fp32, 1 bf16, 2 ternary2, 3 ternary1_6)
-//       u8  0
+//       u8  ternary scale granularity: 0 one scale per tensor, 1 one scale per output row
 //       u8  group_rows, u8 ternary2 chunk_cols, u8 ternary1_6 chunk_cols, u8 chunk_bytes
 //           (the packing constants of quant/qtensor.hpp; the loader rejects a file whose
 //           constants differ from the ones it was compiled with)
@@ -23,7 +23,8 @@
 //     u16      name length, then the name bytes (at most 128)
 //     u8       encoding (as above; norm gains are always fp32), u8 0
 //     i64      rows, i64 cols (a norm gain is [1 x width])
-//     u32      scale_count (1 for ternary tensors, 0 otherwise), then that many f32 scales
+//     u32      scale_count (ternary: 1, or rows when per row; 0 otherwise), then that many
+//              f32 scales
 //     u64      payload_bytes
 //     u64      checksum of the record header bytes before it
 //     payload  payload_bytes bytes:
@@ -57,6 +58,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <type_traits>
 #include <vector>
 
 #include "bitdistill/core/error.hpp"
@@ -330,7 +332,7 @@ inline void save_student(const InferenceModel& model, const std::filesystem::pat
                                          (config.all_norms ? 4 : 0) | (config.tied_embeddings ? 8 : 0)));
     header.put(static_cast<std::uint8_t>(model.format.projections));
     header.put(static_cast<std::uint8_t>(model.format.embeddings));
-    header.put(std::uint8_t{0});
+    header.put(static_cast<std::uint8_t>(model.format.ternary_scales == Granularity::per_row ? 1 : 0));
     header.put(static_cast<std::uint8_t>(Ternary2Weights::group_rows));
     header.put(static_cast<std::uint8_t>(Ternary2Weights::chunk_cols));
     header.put(static_cast<std::uint8_t>(Ternary1_6Weights::chunk_cols));
@@ -427,7 +429,7 @@ inline void save_student(const InferenceModel& model, const std::filesystem::pat
     const auto flags = reader.get<std::uint8_t>("flags");
     const auto projections = reader.get<std::uint8_t>("projection encoding");
     const auto embeddings = reader.get<std::uint8_t>("embedding encoding");
-    (void)reader.get<std::uint8_t>("reserved byte");
+    const auto scale_granularity = reader.get<std::uint8_t>("ternary scale granularity");
     std::uint8_t packing[4];
     reader.read(packing, 4, "packing constants");
     (void)reader.get<std::uint32_t>("reserved word");
@@ -441,7 +443,9 @@ inline void save_student(const InferenceModel& model, const std::filesystem::pat
     config.tied_embeddings = (flags & 8) != 0;
     if (!detail::valid_encoding_byte(projections) || !detail::valid_encoding_byte(embeddings))
         reader.fail("unknown encoding codes ", int{projections}, " / ", int{embeddings});
-    model.format = {static_cast<ProjectionEncoding>(projections), static_cast<ProjectionEncoding>(embeddings)};
+    if (scale_granularity > 1) reader.fail("unknown ternary scale granularity ", int{scale_granularity});
+    model.format = {static_cast<ProjectionEncoding>(projections), static_cast<ProjectionEncoding>(embeddings),
+                    scale_granularity == 1 ? Granularity::per_row : Granularity::per_tensor};
     if (is_ternary(model.format.embeddings)) reader.fail("the embedding cannot be ternary");
     const std::uint8_t expected_packing[4] = {
         static_cast<std::uint8_t>(Ternary2Weights::group_rows), static_cast<std::uint8_t>(Ternary2Weights::chunk_cols),
@@ -489,10 +493,10 @@ inline void save_student(const InferenceModel& model, const std::filesystem::pat
         const auto rows = reader.get<std::int64_t>("rows");
         const auto cols = reader.get<std::int64_t>("cols");
         const auto scale_count = reader.get<std::uint32_t>("scale count");
-        if (scale_count > 1)
-            reader.fail("tensor ", tensor.name, " has ", scale_count, " scales; at most 1 is allowed");
-        float scale = 1.0f;
-        if (scale_count == 1) scale = reader.get<float>("scale");
+        if (scale_count > detail::student_max_width || 4ull * scale_count > reader.remaining())
+            reader.fail("tensor ", tensor.name, " has ", scale_count, " scales, more than the file can hold");
+        std::vector<float> scales(scale_count);
+        reader.read(scales.data(), 4ull * scale_count, "scales");
         const auto payload_bytes = reader.get<std::uint64_t>("payload size");
         reader.end_hash("the record header of " + tensor.name);
 
@@ -503,7 +507,9 @@ inline void save_student(const InferenceModel& model, const std::filesystem::pat
         if (rows != tensor.rows || cols != tensor.cols)
             reader.fail("tensor ", name, " has shape [", rows, " x ", cols, "], expected [", tensor.rows, " x ",
                         tensor.cols, "]");
-        const std::uint32_t expected_scales = is_ternary(tensor.encoding) ? 1 : 0;
+        const bool per_row = model.format.ternary_scales == Granularity::per_row;
+        const std::uint32_t expected_scales =
+            is_ternary(tensor.encoding) ? static_cast<std::uint32_t>(per_row ? rows : 1) : 0;
         if (scale_count != expected_scales)
             reader.fail("tensor ", name, " has ", scale_count, " scales, expected ", expected_scales);
         const std::int64_t expected_bytes = detail::student_payload_bytes(tensor.encoding, rows, cols);
@@ -513,8 +519,9 @@ inline void save_student(const InferenceModel& model, const std::filesystem::pat
         if (payload_bytes + 16 > reader.remaining())
             reader.fail("truncated: tensor ", name, " needs ", payload_bytes, " bytes at offset ", reader.offset(),
                         " but only ", reader.remaining(), " remain");
-        if (!std::isfinite(scale) || scale <= 0.0f)
-            reader.fail("tensor ", name, " has an invalid scale ", scale);
+        for (std::size_t i = 0; i < scales.size(); ++i)
+            if (!std::isfinite(scales[i]) || scales[i] <= 0.0f)
+                reader.fail("tensor ", name, " has an invalid scale ", scales[i], " at index ", i);
 
         auto read_payload = [&](void* data) {
             reader.read(data, payload_bytes, "payload of " + name);
@@ -525,6 +532,24 @@ inline void save_student(const InferenceModel& model, const std::filesystem::pat
             for (std::int64_t i = 0; i < count; ++i)
                 if (!std::isfinite(values[i]))
                     reader.fail("tensor ", name, " has a non-finite value ", values[i], " at index ", i);
+        };
+        // Reads packed codes into a tensor of type W and checks that every code is valid.
+        auto read_ternary = [&](auto type) {
+            using W = typename decltype(type)::type;
+            W w;
+            detail::QTensorAccess::set_shape(w, rows, cols);
+            auto& bytes = detail::QTensorAccess::bytes(w);
+            read_payload(bytes.data());
+            const std::span<const std::uint8_t> packed(bytes.data(), bytes.size());
+            if constexpr (is_ternary1_6_encoding_v<typename W::encoding>) {
+                if (!detail::valid_ternary1_6_bytes(packed))
+                    reader.fail("tensor ", name, " holds a byte that is not a valid 1.6-bit code");
+            } else {
+                if (!detail::valid_ternary2_bytes(packed)) reader.fail("tensor ", name, " holds the invalid 2-bit code 3");
+            }
+            auto& stored_scales = detail::QTensorAccess::scales(w);
+            std::copy(scales.begin(), scales.end(), stored_scales.begin());
+            return w;
         };
         if (tensor.gain_out != nullptr) {
             *tensor.gain_out = Tensor<float>(Shape{cols});
@@ -549,28 +574,18 @@ inline void save_student(const InferenceModel& model, const std::filesystem::pat
                 *tensor.linear_out = PackedLinear(std::move(w));
                 break;
             }
-            case ProjectionEncoding::ternary2: {
-                Ternary2Weights w;
-                detail::QTensorAccess::set_shape(w, rows, cols);
-                auto& bytes = detail::QTensorAccess::bytes(w);
-                read_payload(bytes.data());
-                if (!detail::valid_ternary2_bytes({bytes.data(), bytes.size()}))
-                    reader.fail("tensor ", name, " holds the invalid 2-bit code 3");
-                detail::QTensorAccess::scales(w)[0] = scale;
-                *tensor.linear_out = PackedLinear(std::move(w));
+            case ProjectionEncoding::ternary2:
+                if (per_row)
+                    *tensor.linear_out = PackedLinear(read_ternary(std::type_identity<Ternary2RowWeights>{}));
+                else
+                    *tensor.linear_out = PackedLinear(read_ternary(std::type_identity<Ternary2Weights>{}));
                 break;
-            }
-            case ProjectionEncoding::ternary1_6: {
-                Ternary1_6Weights w;
-                detail::QTensorAccess::set_shape(w, rows, cols);
-                auto& bytes = detail::QTensorAccess::bytes(w);
-                read_payload(bytes.data());
-                if (!detail::valid_ternary1_6_bytes({bytes.data(), bytes.size()}))
-                    reader.fail("tensor ", name, " holds a byte that is not a valid 1.6-bit code");
-                detail::QTensorAccess::scales(w)[0] = scale;
-                *tensor.linear_out = PackedLinear(std::move(w));
+            case ProjectionEncoding::ternary1_6:
+                if (per_row)
+                    *tensor.linear_out = PackedLinear(read_ternary(std::type_identity<Ternary1_6RowWeights>{}));
+                else
+                    *tensor.linear_out = PackedLinear(read_ternary(std::type_identity<Ternary1_6Weights>{}));
                 break;
-            }
         }
     }
     char end[8];
