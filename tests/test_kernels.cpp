@@ -34,7 +34,7 @@ bool small_scale() {
     return scale != nullptr && std::string(scale) == "small";
 }
 
-/// The paths this CPU can run, scalar first.
+/// Returns the paths this CPU can run, scalar first.
 std::vector<Isa> runnable_paths() {
     std::vector<Isa> paths;
     for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512vnni})

@@ -204,6 +204,49 @@ TEST_CASE("convert_ternary keeps values and scales") {
     for (std::int64_t r = 0; r < 37; ++r) CHECK(one_six.scale(r) == two_bit.scale(r));
 }
 
+TEST_CASE_TEMPLATE("from_bytes restores packed weights", Enc, Ternary2Row, Ternary16Row) {
+    std::mt19937 rng(77);
+    const auto w = random_tensor(rng, 19, 45, 1.0f);
+    const auto packed = quantize_ternary<Enc>(w.view());
+    const std::vector<std::uint8_t> bytes(packed.bytes().begin(), packed.bytes().end());
+    const std::vector<float> scales(packed.scales().begin(), packed.scales().end());
+    const auto restored = QTensor<Enc>::from_bytes(19, 45, bytes, scales);
+    CHECK(ternary_values(restored) == ternary_values(packed));
+    for (std::int64_t r = 0; r < 19; ++r) CHECK(restored.scale(r) == packed.scale(r));
+
+    // One byte short, one scale short.
+    const std::vector<std::uint8_t> short_bytes(bytes.begin(), bytes.end() - 1);
+    CHECK_THROWS_AS((void)QTensor<Enc>::from_bytes(19, 45, short_bytes, scales),
+                    std::invalid_argument);
+    const std::vector<float> short_scales(scales.begin(), scales.end() - 1);
+    CHECK_THROWS_AS((void)QTensor<Enc>::from_bytes(19, 45, bytes, short_scales),
+                    std::invalid_argument);
+}
+
+TEST_CASE("from_bytes rejects bytes outside the format") {
+    const std::vector<float> scale = {1.0f};
+    // 2-bit: 0xFF has code 3 in every field.
+    std::vector<std::uint8_t> two_bit(64, 0x55);
+    two_bit[5] = 0xFF;
+    CHECK_THROWS_AS((void)QTensor<Ternary2>::from_bytes(1, 1, two_bit, scale),
+                    std::invalid_argument);
+    two_bit[5] = 0xAA;  // code 2 everywhere: valid
+    CHECK_NOTHROW((void)QTensor<Ternary2>::from_bytes(1, 1, two_bit, scale));
+
+    // 1.6-bit: exactly 243 of the 256 byte values encode five codes.
+    int valid = 0;
+    for (int byte = 0; byte < 256; ++byte) {
+        std::vector<std::uint8_t> one_six(64, 128);
+        one_six[0] = static_cast<std::uint8_t>(byte);
+        try {
+            (void)QTensor<Ternary16>::from_bytes(1, 1, one_six, scale);
+            ++valid;
+        } catch (const std::invalid_argument&) {
+        }
+    }
+    CHECK(valid == 243);
+}
+
 TEST_CASE("pack_ternary rejects values outside {-1, 0, 1}") {
     const std::vector<std::int8_t> values = {0, 1, 2, -1};
     const float scale = 1.0f;
@@ -341,7 +384,7 @@ TEST_CASE("int8 -128 is never produced from finite input") {
     for (std::int64_t r = 0; r < rows; ++r) {
         const float magnitude = std::ldexp(1.0f, static_cast<int>(r % 200) - 100);
         for (std::int64_t c = 0; c < 33; ++c) x(r, c) = uniform(rng) * magnitude;
-        x(r, r % 33) = -magnitude;  // the most negative value of the row sets gamma
+        x(r, r % 33) = -magnitude;  // the minimum of the row sets gamma
     }
     const auto q8 = quantize_int8<Int8Token>(x.view());
     const auto q4 = quantize_int8<Int8<4, Granularity::per_token>>(x.view());

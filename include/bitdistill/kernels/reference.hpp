@@ -1,6 +1,6 @@
 // Scalar reference twins of the ternary x int8 products. They unpack the weights with
-// unpack_ternary (tested against pack_ternary and the layout on its own) and multiply
-// element by element; the tests compare every kernel path with them bit for bit.
+// unpack_ternary, which has its own tests against pack_ternary and the layout, and multiply
+// element by element. The tests compare every kernel path with them bit for bit.
 #pragma once
 
 #include <cstdint>

@@ -3,8 +3,8 @@
 //
 // How the instruction set is chosen. Every path is compiled into this header: the scalar
 // one as plain C++, the AVX2 and AVX-512 VNNI ones inside functions that carry a GCC/Clang
-// `__attribute__((target(...)))`, so the library needs no -march flag and one binary holds
-// all paths. At run time each call reads active_isa() (core/isa.hpp): the best path the CPU
+// `__attribute__((target(...)))`. So the library needs no -march flag, and one binary
+// contains all paths. At run time each call reads active_isa() (core/isa.hpp): the best path the CPU
 // supports, lowered by the environment variable BITDISTILL_ISA (scalar, avx2, avx512vnni)
 // or by force_isa(). Tests force every path that isa_supported() reports and compare it
 // with the *_ref twins of kernels/reference.hpp bit for bit. On non-x86 targets only the

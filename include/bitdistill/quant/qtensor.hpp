@@ -8,7 +8,7 @@
 // Ternary<2, G> (2 bits a weight). Rows are padded to a multiple of 16 (a row group) and
 // columns to a multiple of 16 (a chunk). Each (row group g, chunk i) owns the 64 bytes at
 // offset (g * chunks() + i) * 64. In those bytes, byte 4 * r + j (r in [0, 16), j in [0, 4))
-// holds four 2-bit codes: bits [2k, 2k + 2) hold the code of row 16 g + r, column
+// contains four 2-bit codes: bits [2k, 2k + 2) are the code of row 16 g + r, column
 // 16 i + 4 k + j, for k in [0, 4). The code is w + 1 in {0, 1, 2}; padding holds code 1
 // (weight 0). One 64-byte load therefore gives, for each field k, the four consecutive
 // weights of 16 rows that one int32 lane of a dot-product instruction multiplies.
@@ -138,6 +138,24 @@ public:
 protected:
     friend struct QTensorAccess;
 
+    /// Copies packed `bytes` and `scales` into the storage, which already has its shape.
+    /// Throws std::invalid_argument if a size does not match or `is_valid(byte)` is false.
+    template <class IsValidByte>
+    void assign_packed(std::span<const std::uint8_t> bytes, std::span<const float> scales,
+                       const IsValidByte& is_valid) {
+        BITDISTILL_REQUIRE(bytes.size() == bytes_.size(), "QTensor<", Enc::name,
+                           ">::from_bytes: ", bytes.size(), " bytes for shape [", rows_, ", ",
+                           cols_, "], expected ", bytes_.size());
+        BITDISTILL_REQUIRE(scales.size() == scales_.size(), "QTensor<", Enc::name,
+                           ">::from_bytes: ", scales.size(), " scales, expected ", scales_.size());
+        for (std::size_t i = 0; i < bytes.size(); ++i) {
+            BITDISTILL_REQUIRE(is_valid(bytes[i]), "QTensor<", Enc::name, ">::from_bytes: byte ",
+                               int{bytes[i]}, " at offset ", i, " is not a valid packed byte");
+            bytes_[i] = bytes[i];
+        }
+        for (std::size_t i = 0; i < scales.size(); ++i) scales_[i] = scales[i];
+    }
+
     /// Sets the shape and sizes the buffers, leaving their contents unspecified.
     void set_shape(std::int64_t rows, std::int64_t cols) {
         require_encoded_shape(rows, cols, Enc::name.data());
@@ -152,7 +170,7 @@ protected:
         if (scales_.size() != scale_count) scales_.assign_zero(scale_count);
     }
 
-    /// Byte that holds the code of (row, col), and the position of the code inside it.
+    /// Byte that contains the code of (row, col), and the position of the code inside it.
     struct CodeSlot {
         std::size_t byte;
         int field;
@@ -203,6 +221,20 @@ class QTensor<Ternary<W, G>> : public detail::TernaryStorage<Ternary<W, G>, 16, 
 public:
     using Base::Base;
 
+    /// Builds a tensor from bytes in the 2-bit layout above (groups() * chunks() * 64 of
+    /// them, as bytes() returns) and its scales, for example when loading a checkpoint.
+    /// Throws std::invalid_argument if a size does not match or a byte contains code 3.
+    [[nodiscard]] static QTensor from_bytes(std::int64_t rows, std::int64_t cols,
+                                            std::span<const std::uint8_t> bytes,
+                                            std::span<const float> scales) {
+        QTensor tensor(rows, cols);
+        tensor.assign_packed(bytes, scales, [](std::uint8_t byte) {
+            // A field is code 3 when both of its bits are set.
+            return (byte & (byte >> 1) & 0x55) == 0;
+        });
+        return tensor;
+    }
+
     /// Weight at (row, col), in {-1, 0, 1}.
     [[nodiscard]] int value(std::int64_t row, std::int64_t col) const noexcept {
         const auto slot = this->slot(row, col);
@@ -228,6 +260,22 @@ class QTensor<Ternary1_6<G>> : public detail::TernaryStorage<Ternary1_6<G>, 20, 
 
 public:
     using Base::Base;
+
+    /// Builds a tensor from bytes in the 1.6-bit layout above (groups() * chunks() * 64 of
+    /// them, as bytes() returns) and its scales, for example when loading a checkpoint.
+    /// Throws std::invalid_argument if a size does not match or a byte is not the
+    /// encoding of five codes (13 of the 256 byte values are not).
+    [[nodiscard]] static QTensor from_bytes(std::int64_t rows, std::int64_t cols,
+                                            std::span<const std::uint8_t> bytes,
+                                            std::span<const float> scales) {
+        QTensor tensor(rows, cols);
+        tensor.assign_packed(bytes, scales, [](std::uint8_t byte) {
+            std::uint8_t codes[5];
+            decode_trits5(byte, codes);
+            return encode_trits5(codes) == byte;
+        });
+        return tensor;
+    }
 
     /// Weight at (row, col), in {-1, 0, 1}.
     [[nodiscard]] int value(std::int64_t row, std::int64_t col) const noexcept {

@@ -4,8 +4,8 @@
 // each row (per_token and per_row encodings) or the whole tensor (per_tensor);
 // xq = clamp(round(x * (Qmax / gamma)), -Qmax - 1, Qmax), round half to even;
 // value = xq * (gamma / Qmax), which is the stored scale. The factor Qmax / gamma is computed
-// once in float and multiplied, as the BitNet training code does; in exact arithmetic this
-// is Qmax * x / gamma. Because |x| <= gamma, finite input never reaches the code -Qmax - 1
+// once in float and then multiplied, as PyTorch BitNet implementations write it (for example
+// rafacelente/bllama, quantization.py). In exact arithmetic this equals Qmax * x / gamma. Because |x| <= gamma, finite input never reaches the code -Qmax - 1
 // (-128 for A = 8): the clamp only guards against rounding. Non-finite input is rejected
 // with numeric_error naming the row and column.
 #pragma once

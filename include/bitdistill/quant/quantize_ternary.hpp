@@ -2,8 +2,9 @@
 //
 // delta = max(mean |W|, 1e-5) over the whole tensor (per_tensor encodings) or over each
 // row (per_row encodings); Wq = clamp(round(W * (1 / delta)), -1, 1), round half to even;
-// value = Wq * delta. The reciprocal is computed once in float and multiplied, as the
-// BitNet training code does (w * (1 / delta)); in exact arithmetic this is W / delta. The
+// value = Wq * delta. The reciprocal 1 / delta is computed once in float and then multiplied,
+// as PyTorch BitNet implementations write it (for example rafacelente/bllama,
+// quantization.py). In exact arithmetic this equals W / delta. The
 // mean sums |W| in double in a fixed order, so the result does not depend on the thread
 // count. Non-finite weights are rejected with numeric_error naming the row and column.
 #pragma once
@@ -54,7 +55,7 @@ namespace detail {
 }
 
 /// Absmean delta of row `row` of `w`: max(mean |w(row, :)|, min_quant_scale), or NaN if
-/// the row holds a NaN or an infinity.
+/// the row contains a NaN or an infinity.
 [[nodiscard]] inline float row_absmean(TensorView<const float> w, std::int64_t row) noexcept {
     const double total = sum_abs(w.row(row), w.cols());
     if (!std::isfinite(total)) return std::numeric_limits<float>::quiet_NaN();

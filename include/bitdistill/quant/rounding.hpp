@@ -10,9 +10,9 @@ namespace bitdistill {
 
 /// Rounds to the nearest integer, ties to even: std::nearbyint in the default rounding
 /// mode, for |value| <= 2^22. The quantizers clamp before rounding, so their arguments stay
-/// far inside that range. Adding and subtracting 1.5 * 2^23 leaves no fraction bits, so the
-/// hardware's round-to-nearest-even does the rounding; unlike a call to nearbyintf this
-/// vectorises on plain x86-64.
+/// far inside that range. Adding 1.5 * 2^23 leaves no fraction bits, so the hardware's
+/// round-to-nearest-even mode does the rounding, and subtracting it again restores the
+/// magnitude. Unlike a call to nearbyintf, this vectorises on plain x86-64.
 /// NOTE: -ffast-math may fold the two additions away and break the rounding.
 [[nodiscard]] inline float round_half_even(float value) noexcept {
 #if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0

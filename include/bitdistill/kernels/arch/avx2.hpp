@@ -1,17 +1,17 @@
 // AVX2 ternary x int8 kernels (`vpmaddubsw`: unsigned codes times signed activations, pairs
 // of products summed into int16, then `vpmaddwd` by 1 into int32).
 //
-// A 64-byte chunk is two 32-byte halves, rows 0-7 and rows 8-15 of the row group; in each
+// A 64-byte chunk is two 32-byte halves: rows 0-7 and rows 8-15 of the row group. In each
 // half, byte 4 r + j of field k multiplies activation x[4k + j] of the chunk, so after
-// `vpmaddubsw` and `vpmaddwd` int32 lane r holds row r's partial sum and no horizontal sum
-// is needed (the layout is in quant/qtensor.hpp).
+// `vpmaddubsw` and `vpmaddwd` int32 lane r contains the partial sum of row r and no
+// horizontal sum is needed (the layout is in quant/qtensor.hpp).
 //
 // int16 bound: a code is at most 2 and |x| at most 128, so each `vpmaddubsw` lane is in
 // [-512, 508] and never saturates. Partial sums of n such results stay in int16 while
 // 512 n <= 32768; each kernel states its n next to the accumulator.
 //
-// Compiled with a target attribute, so no -march flag is needed; the dispatcher in
-// kernels/ternary_matmul.hpp calls these only when the CPU has AVX2 and FMA.
+// The functions carry a target attribute, so no -march flag is needed. The dispatcher in
+// kernels/ternary_matmul.hpp calls them only when the CPU has AVX2 and FMA.
 #pragma once
 
 #include "bitdistill/core/isa.hpp"
@@ -32,7 +32,7 @@ namespace bitdistill::kernels {
 
 namespace avx2_detail {
 
-/// Largest number of `vpmaddubsw` results (each in [-512, 508]) that an int16 sum holds.
+/// Largest number of `vpmaddubsw` results (each in [-512, 508]) that fit in an int16 sum.
 inline constexpr int max_int16_terms = 64;
 static_assert(max_int16_terms * 512 <= 32768, "int16 partial sums of maddubs results overflow");
 

@@ -7,8 +7,8 @@
 // and no horizontal sum is needed. Rows are outputs: lane r of the accumulator is output
 // row 16 g + r, which is stored with one (masked) vector store.
 //
-// Compiled with a target attribute, so no -march flag is needed; the dispatcher in
-// kernels/ternary_matmul.hpp calls these only when the CPU has AVX-512 F/BW/VL and VNNI.
+// The functions carry a target attribute, so no -march flag is needed. The dispatcher in
+// kernels/ternary_matmul.hpp calls them only when the CPU has AVX-512 F/BW/VL and VNNI.
 #pragma once
 
 #include "bitdistill/core/isa.hpp"
@@ -83,15 +83,15 @@ struct Trits5Decoder {
 };
 
 /// Chunks between two drains of the GEMV field accumulators. The field-k accumulator of
-/// the 2-bit GEMV holds codes scaled by 4^k: per chunk a lane gains at most
+/// the 2-bit GEMV sums codes scaled by 4^k: per chunk a lane gains at most
 /// 4 products * (2 * 64) * 128 = 2^16 in magnitude, so 4096 chunks stay below 2^28.
 inline constexpr std::int64_t gemv_drain_chunks = 4096;
 static_assert(gemv_drain_chunks * 4 * (2 * 64) * 128 < (std::int64_t{1} << 31),
               "the 2-bit GEMV field accumulators would overflow int32 between drains");
 
 /// 2-bit GEMV over `Groups` consecutive row groups. The masks 0x03, 0x0C, 0x30, 0xC0 pick
-/// field k in place, as code * 4^k, which `vpdpbusd` takes as an unsigned byte (at most 128),
-/// so no shift is needed per chunk; each field sums into its own accumulator, which is
+/// field k in place, as code * 4^k, which `vpdpbusd` takes as an unsigned byte (at most 128).
+/// So no shift is needed per chunk. Each field sums into its own accumulator, which is
 /// divided by 4^k (an exact arithmetic shift) at each drain.
 template <int Groups>
 BITDISTILL_TARGET_AVX512VNNI void gemv2_tile(const PackedTernaryView& w, const Int8RowsView& x,

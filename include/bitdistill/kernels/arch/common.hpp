@@ -11,7 +11,7 @@
 #include "bitdistill/core/encoding.hpp"
 
 /// Fully unrolls the loop that follows. The kernels keep their accumulators in arrays
-/// indexed by compile-time loop counters; without full unrolling GCC at -O2 keeps those
+/// indexed by compile-time loop counters. Without full unrolling, GCC at -O2 keeps those
 /// arrays in memory instead of registers.
 #if defined(__clang__)
 #define BITDISTILL_UNROLL _Pragma("unroll")
@@ -58,9 +58,9 @@ struct Int8RowsView {
     }
 };
 
-/// Where a kernel writes y [tokens x rows]: the raw int32 dot products when `raw` is set,
-/// otherwise the scaled floats y[t][r] = (token_scale(t) * weight_scale(r)) * float(dot),
-/// multiplied in that order on every path so that all paths agree bit for bit.
+/// Output of a kernel, y [tokens x rows]: the raw int32 dot products when `raw` is set,
+/// otherwise the scaled floats y[t][r] = (token_scale(t) * weight_scale(r)) * float(dot).
+/// Every path multiplies in that order, so that all paths agree bit for bit.
 struct MatmulOutput {
     std::int32_t* raw = nullptr;
     float* scaled = nullptr;
