@@ -298,9 +298,9 @@ TEST_CASE("student load rejects damaged files") {
     SUBCASE("resealed edits are caught by validation") {
         const RecordOffsets& wk = find_record(records, "layers.0.wk");
         std::vector<std::uint8_t> bytes = original;
-        bytes[wk.payload] |= 0x03;  // a 2-bit field holding code 3
+        bytes[wk.payload] = 0xFF;  // four 2-bit fields holding code 3
         reseal(bytes, wk);
-        expect(bytes, "tensor layers.0.wk holds the invalid 2-bit code 3");
+        expect(bytes, "tensor layers.0.wk: QTensor<Ternary>::from_bytes: byte 255 at offset 0 is not a valid packed byte");
 
         bytes = original;
         write_at<std::int64_t>(bytes, wk.rows_field, 24);
@@ -323,6 +323,16 @@ TEST_CASE("student load rejects damaged files") {
         write_at<std::uint64_t>(bytes, wk.header_end - 8, std::uint64_t{1} << 60);
         reseal(bytes, wk);
         expect(bytes, "payload bytes, expected");
+    }
+    SUBCASE("resealed invalid 1.6-bit byte") {
+        const fs::path packed = folder.path / "one_six.bds";
+        save_student(InferenceModel::build(random_weights(test_config(), 9), InferenceFormat::ternary1_6()), packed);
+        std::vector<std::uint8_t> bytes = read_bytes(packed);
+        const std::vector<RecordOffsets> packed_records = parse_records(bytes);
+        const RecordOffsets& w_down = find_record(packed_records, "layers.1.w_down");
+        bytes[w_down.payload + 5] = 1;  // no five codes encode to 1
+        reseal(bytes, w_down);
+        expect(bytes, "tensor layers.1.w_down: QTensor<Ternary1_6>::from_bytes: byte 1 at offset 5");
     }
     SUBCASE("resealed header edits are caught by validation") {
         auto reseal_header = [](std::vector<std::uint8_t>& bytes) {

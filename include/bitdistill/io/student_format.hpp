@@ -265,31 +265,6 @@ private:
 
 [[nodiscard]] inline bool valid_encoding_byte(std::uint8_t value) noexcept { return value <= 3; }
 
-/// True if every 2-bit field of the packed bytes holds a code in {0, 1, 2}.
-[[nodiscard]] inline bool valid_ternary2_bytes(std::span<const std::uint8_t> bytes) noexcept {
-    for (std::uint8_t byte : bytes) {
-        // A field holds code 3 exactly when both of its bits are set.
-        if ((byte & (byte >> 1) & 0x55u) != 0) return false;
-    }
-    return true;
-}
-
-/// True if every byte is the encoding of five codes in {0, 1, 2}.
-[[nodiscard]] inline bool valid_ternary1_6_bytes(std::span<const std::uint8_t> bytes) noexcept {
-    static const std::array<bool, 256> valid = [] {
-        std::array<bool, 256> table{};
-        for (int value = 0; value < 256; ++value) {
-            std::uint8_t codes[5];
-            decode_trits5(static_cast<std::uint8_t>(value), codes);
-            table[static_cast<std::size_t>(value)] = encode_trits5(codes) == value;
-        }
-        return table;
-    }();
-    for (std::uint8_t byte : bytes)
-        if (!valid[byte]) return false;
-    return true;
-}
-
 }  // namespace detail
 
 /// Writes `model` to `path` in the packed student format (see the top of this header).
@@ -533,23 +508,16 @@ inline void save_student(const InferenceModel& model, const std::filesystem::pat
                 if (!std::isfinite(values[i]))
                     reader.fail("tensor ", name, " has a non-finite value ", values[i], " at index ", i);
         };
-        // Reads packed codes into a tensor of type W and checks that every code is valid.
+        // Reads packed bytes into a tensor of type W; from_bytes rejects invalid codes.
         auto read_ternary = [&](auto type) {
             using W = typename decltype(type)::type;
-            W w;
-            detail::QTensorAccess::set_shape(w, rows, cols);
-            auto& bytes = detail::QTensorAccess::bytes(w);
-            read_payload(bytes.data());
-            const std::span<const std::uint8_t> packed(bytes.data(), bytes.size());
-            if constexpr (is_ternary1_6_encoding_v<typename W::encoding>) {
-                if (!detail::valid_ternary1_6_bytes(packed))
-                    reader.fail("tensor ", name, " holds a byte that is not a valid 1.6-bit code");
-            } else {
-                if (!detail::valid_ternary2_bytes(packed)) reader.fail("tensor ", name, " holds the invalid 2-bit code 3");
+            std::vector<std::uint8_t> packed(static_cast<std::size_t>(payload_bytes));
+            read_payload(packed.data());
+            try {
+                return W::from_bytes(rows, cols, packed, scales);
+            } catch (const std::invalid_argument& error) {
+                reader.fail("tensor ", name, ": ", error.what());
             }
-            auto& stored_scales = detail::QTensorAccess::scales(w);
-            std::copy(scales.begin(), scales.end(), stored_scales.begin());
-            return w;
         };
         if (tensor.gain_out != nullptr) {
             *tensor.gain_out = Tensor<float>(Shape{cols});
