@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -352,6 +353,13 @@ TEST_CASE("scalar-only map runs the scalar loop") {
             CHECK(max(map(a, ScalarOnlyTwice{})) == 2.0f * max(a));
         }
     }
+}
+
+TEST_CASE("move-only map") {
+    const Tensor<float> a = random_tensor(Shape{21}, 22);
+    auto scale = std::make_unique<float>(3.0f);
+    Tensor<float> result = map(a, [scale = std::move(scale)](float x) { return x * *scale; });
+    for (std::int64_t i = 0; i < 21; ++i) CHECK(result[i] == a[i] * 3.0f);
 }
 
 TEST_CASE("lambda map") {

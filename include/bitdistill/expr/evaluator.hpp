@@ -145,70 +145,107 @@ void require_no_partial_overlap(TensorView<float> dest, const Node& node) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Element access: one element, or one batch starting at element `i`.
+// Flattened trees. Before a loop runs, flatten() copies the tree into a small value that
+// mirrors it with raw data pointers in place of the leaves, and the loop keeps that value in
+// registers. Reading the leaves through the tree would not allow that, because a SIMD store
+// may alias any memory, so the compiler would reload every operand pointer from the tree
+// after each store.
 
-[[nodiscard]] inline float element_at(const ScalarLeaf& leaf, std::int64_t) noexcept {
-    return leaf.value();
-}
+/// Operations are copied into the flattened tree when trivially copyable and referenced
+/// otherwise, so that a move-only user function still works.
+template <class Op>
+using op_storage_t = std::conditional_t<std::is_trivially_copyable_v<Op>, Op, const Op&>;
 
-template <class Leaf>
-    requires is_tensor_leaf_v<Leaf>
-[[nodiscard]] float element_at(const Leaf& leaf, std::int64_t i) noexcept {
-    return leaf.data()[i];
-}
+/// Reads a tensor operand.
+struct FlatLoad {
+    const float* data;
 
-template <class Op, class Operand>
-[[nodiscard]] float element_at(const UnaryNode<Op, Operand>& node, std::int64_t i) {
-    return node.op()(element_at(node.operand(), i));
-}
-
-// Binary nodes read the left operand first, so user maps with side effects run in a
-// defined order.
-template <class Op, class Lhs, class Rhs>
-[[nodiscard]] float element_at(const BinaryNode<Op, Lhs, Rhs>& node, std::int64_t i) {
-    const float lhs = element_at(node.lhs(), i);
-    const float rhs = element_at(node.rhs(), i);
-    return node.op()(lhs, rhs);
-}
-
+    [[nodiscard]] float element(std::int64_t i) const noexcept { return data[i]; }
 #if BITDISTILL_EXPR_SIMD
-[[nodiscard]] inline float_batch batch_at(const ScalarLeaf& leaf, std::int64_t) noexcept {
-    return float_batch(leaf.value());
+    [[nodiscard]] float_batch batch(std::int64_t i) const noexcept {
+        return float_batch::load_unaligned(data + i);
+    }
+#endif
+};
+
+/// Broadcasts a scalar operand.
+struct FlatBroadcast {
+    float value;
+
+    [[nodiscard]] float element(std::int64_t) const noexcept { return value; }
+#if BITDISTILL_EXPR_SIMD
+    [[nodiscard]] float_batch batch(std::int64_t) const noexcept { return float_batch(value); }
+#endif
+};
+
+template <class Op, class Operand>
+struct FlatUnary {
+    op_storage_t<Op> op;
+    Operand operand;
+
+    [[nodiscard]] float element(std::int64_t i) const { return op(operand.element(i)); }
+#if BITDISTILL_EXPR_SIMD
+    [[nodiscard]] float_batch batch(std::int64_t i) const { return op(operand.batch(i)); }
+#endif
+};
+
+// The left operand is read first, so user maps with side effects run in a defined order.
+template <class Op, class Lhs, class Rhs>
+struct FlatBinary {
+    Lhs lhs;
+    Rhs rhs;
+
+    [[nodiscard]] float element(std::int64_t i) const {
+        const float left = lhs.element(i);
+        const float right = rhs.element(i);
+        return Op{}(left, right);
+    }
+#if BITDISTILL_EXPR_SIMD
+    [[nodiscard]] float_batch batch(std::int64_t i) const {
+        const float_batch left = lhs.batch(i);
+        const float_batch right = rhs.batch(i);
+        return Op{}(left, right);
+    }
+#endif
+};
+
+[[nodiscard]] inline FlatBroadcast flatten(const ScalarLeaf& leaf) noexcept {
+    return {leaf.value()};
 }
 
 template <class Leaf>
     requires is_tensor_leaf_v<Leaf>
-[[nodiscard]] float_batch batch_at(const Leaf& leaf, std::int64_t i) noexcept {
-    return float_batch::load_unaligned(leaf.data() + i);
+[[nodiscard]] FlatLoad flatten(const Leaf& leaf) noexcept {
+    return {leaf.data()};
 }
 
 template <class Op, class Operand>
-[[nodiscard]] float_batch batch_at(const UnaryNode<Op, Operand>& node, std::int64_t i) {
-    return node.op()(batch_at(node.operand(), i));
+[[nodiscard]] auto flatten(const UnaryNode<Op, Operand>& node) {
+    using FlatOperand = decltype(flatten(node.operand()));
+    return FlatUnary<Op, FlatOperand>{node.op(), flatten(node.operand())};
 }
 
 template <class Op, class Lhs, class Rhs>
-[[nodiscard]] float_batch batch_at(const BinaryNode<Op, Lhs, Rhs>& node, std::int64_t i) {
-    const float_batch lhs = batch_at(node.lhs(), i);
-    const float_batch rhs = batch_at(node.rhs(), i);
-    return node.op()(lhs, rhs);
+[[nodiscard]] auto flatten(const BinaryNode<Op, Lhs, Rhs>& node) {
+    using FlatLhs = decltype(flatten(node.lhs()));
+    using FlatRhs = decltype(flatten(node.rhs()));
+    return FlatBinary<Op, FlatLhs, FlatRhs>{flatten(node.lhs()), flatten(node.rhs())};
 }
-#endif
 
 // ---------------------------------------------------------------------------------------
 // The fused loop.
 
-/// Writes elements [first, last) of `node` to `out`: SIMD batches while `Vectorised` and a
+/// Writes elements [first, last) of `flat` to `out`: SIMD batches while `Vectorised` and a
 /// whole batch remains, then one element at a time.
-template <bool Vectorised, class Node>
-void evaluate_range(float* out, const Node& node, std::int64_t first, std::int64_t last) {
+template <bool Vectorised, class Flat>
+void evaluate_range(float* out, Flat flat, std::int64_t first, std::int64_t last) {
     std::int64_t i = first;
 #if BITDISTILL_EXPR_SIMD
     if constexpr (Vectorised) {
-        for (; i + simd_width <= last; i += simd_width) batch_at(node, i).store_unaligned(out + i);
+        for (; i + simd_width <= last; i += simd_width) flat.batch(i).store_unaligned(out + i);
     }
 #endif
-    for (; i < last; ++i) out[i] = element_at(node, i);
+    for (; i < last; ++i) out[i] = flat.element(i);
 }
 
 /// Evaluates `node` into `dest` in one pass. Shape contract: `dest` has the shape of `node`.
@@ -224,8 +261,9 @@ void evaluate_into(TensorView<float> dest, const Node& node) {
 
     constexpr bool vectorised = BITDISTILL_EXPR_SIMD && is_vectorisable_v<Node>;
     float* out = dest.data();
+    const auto flat = flatten(node);
     parallel_for(dest.numel(), elementwise_grain, [&](std::int64_t first, std::int64_t last) {
-        evaluate_range<vectorised>(out, node, first, last);
+        evaluate_range<vectorised>(out, flat, first, last);
     });
 }
 

@@ -28,25 +28,25 @@ namespace expr {
 /// block has at most 1024 / simd_width terms a lane.
 inline constexpr std::int64_t reduction_block = 1024;
 
-/// Sum of elements [first, last) of `node`, in float.
-template <bool Vectorised, class Node>
-[[nodiscard]] float sum_range(const Node& node, std::int64_t first, std::int64_t last) {
+/// Sum of elements [first, last) of `flat`, in float.
+template <bool Vectorised, class Flat>
+[[nodiscard]] float sum_range(Flat flat, std::int64_t first, std::int64_t last) {
     std::int64_t i = first;
     float total = 0.0f;
 #if BITDISTILL_EXPR_SIMD
     if constexpr (Vectorised) {
         float_batch lanes(0.0f);
-        for (; i + simd_width <= last; i += simd_width) lanes += batch_at(node, i);
+        for (; i + simd_width <= last; i += simd_width) lanes += flat.batch(i);
         total = xsimd::hadd(lanes);
     }
 #endif
-    for (; i < last; ++i) total += element_at(node, i);
+    for (; i < last; ++i) total += flat.element(i);
     return total;
 }
 
-/// Maximum of elements [first, last) of `node` (first < last); NaN if any element is NaN.
-template <bool Vectorised, class Node>
-[[nodiscard]] float max_range(const Node& node, std::int64_t first, std::int64_t last) {
+/// Maximum of elements [first, last) of `flat` (first < last), or NaN if any element is NaN.
+template <bool Vectorised, class Flat>
+[[nodiscard]] float max_range(Flat flat, std::int64_t first, std::int64_t last) {
     std::int64_t i = first;
     float result = -std::numeric_limits<float>::infinity();
     bool saw_nan = false;
@@ -56,7 +56,7 @@ template <bool Vectorised, class Node>
             float_batch lanes(-std::numeric_limits<float>::infinity());
             auto nan_lanes = lanes != lanes;
             for (; i + simd_width <= last; i += simd_width) {
-                const float_batch values = batch_at(node, i);
+                const float_batch values = flat.batch(i);
                 nan_lanes = nan_lanes || (values != values);
                 lanes = xsimd::max(lanes, values);
             }
@@ -68,7 +68,7 @@ template <bool Vectorised, class Node>
     }
 #endif
     for (; i < last; ++i) {
-        const float value = element_at(node, i);
+        const float value = flat.element(i);
         saw_nan = saw_nan || std::isnan(value);
         result = std::max(result, value);
     }
@@ -112,10 +112,11 @@ template <class Node, class ReduceBlock, class Combine>
 template <class Node>
 [[nodiscard]] double sum_of(const Node& node) {
     constexpr bool vectorised = BITDISTILL_EXPR_SIMD && is_vectorisable_v<Node>;
+    const auto flat = flatten(node);
     return reduce_blocks(
         node, 0.0,
         [&](std::int64_t first, std::int64_t last) {
-            return static_cast<double>(sum_range<vectorised>(node, first, last));
+            return static_cast<double>(sum_range<vectorised>(flat, first, last));
         },
         [](double accumulated, double block) { return accumulated + block; });
 }
@@ -126,10 +127,11 @@ template <class Node>
     BITDISTILL_REQUIRE(count > 0, "max: the operand ", shape_of(node).to_string(),
                        " has no elements");
     constexpr bool vectorised = BITDISTILL_EXPR_SIMD && is_vectorisable_v<Node>;
+    const auto flat = flatten(node);
     const double result = reduce_blocks(
         node, -std::numeric_limits<double>::infinity(),
         [&](std::int64_t first, std::int64_t last) {
-            return static_cast<double>(max_range<vectorised>(node, first, last));
+            return static_cast<double>(max_range<vectorised>(flat, first, last));
         },
         [](double accumulated, double block) {
             return std::isnan(accumulated) || std::isnan(block) ? std::nan("")
