@@ -4,10 +4,13 @@
 // of High-Performance Matrix Multiplication", ACM TOMS 34(3), 2008):
 // - op(B) is packed per block of kc rows into panels of 32 columns (two zmm registers),
 //   each panel stored k-major: 32 floats for k = 0, then 32 for k = 1, ...;
-// - op(A) is packed per block of mc rows into panels of 12 rows, stored k-major too;
+// - op(A) is read in place, 12 rows at a time, because the micro-kernel only broadcasts
+//   its elements (one per row and k) and a 12-row strip of depth 256 (12 KB) stays in L1
+//   while the strip meets every panel of B; only a last strip of fewer than 12 rows is
+//   copied into a zero-padded buffer;
 // - the micro-kernel keeps a 12 x 32 tile of C in 24 zmm accumulators and, per k, loads two
 //   vectors of B and broadcasts 12 values of A (24 FMAs).
-// Edges are zero-padded in the packed panels and masked or skipped when C is written.
+// Edges are zero-padded and masked or skipped when C is written.
 //
 // The code is compiled with a GCC `target` attribute, so it needs no -march flag; callers
 // check that the CPU has AVX-512F before calling it.
@@ -34,15 +37,14 @@ namespace bitdistill::autodiff::detail {
 /// Rows of the C tile (broadcast side) and columns (vector side) of the micro-kernel.
 inline constexpr std::int64_t gemm_tile_rows = 12;
 inline constexpr std::int64_t gemm_tile_cols = 32;
-/// Depth of one packed block: a 12 x 256 panel of A (12 KB) stays in the L1 cache while
-/// the micro-kernel streams 32 x 256 panels of B (32 KB each) from L2.
+/// Depth of one block: a 12 x 256 strip of A (12 KB) stays in the L1 cache while the
+/// micro-kernel streams 32 x 256 panels of B (32 KB each) from L2.
 inline constexpr std::int64_t gemm_block_depth = 256;
-/// Rows of A packed at once (a multiple of gemm_tile_rows): 96 x 256 floats = 96 KB.
-inline constexpr std::int64_t gemm_block_rows = 96;
 /// Columns of B packed at once (a multiple of gemm_tile_cols): 256 x 512 floats = 512 KB.
 inline constexpr std::int64_t gemm_block_cols = 512;
 
-/// Packing buffers of one thread, grown on first use and kept afterwards.
+/// Packing buffers of one thread (a is the zero-padded last strip of A), grown on first use
+/// and kept afterwards.
 struct GemmPackBuffers {
     AlignedBuffer<float> a;
     AlignedBuffer<float> b;
@@ -59,41 +61,14 @@ inline float* grow(AlignedBuffer<float>& buffer, std::int64_t count) {
     return buffer.data();
 }
 
-/// Packs rows [row0, row0 + rows) and depth [k0, k0 + depth) of op(A) into panels of 12
-/// rows, k-major, zero-padding the last panel. A is [m x k] with row stride lda, or
-/// stored [k x m] when `transposed`.
-inline void pack_a(const float* a, std::int64_t lda, bool transposed, std::int64_t row0,
-                   std::int64_t rows, std::int64_t k0, std::int64_t depth, float* packed) {
-    for (std::int64_t panel = 0; panel < rows; panel += gemm_tile_rows) {
-        const std::int64_t valid = std::min(gemm_tile_rows, rows - panel);
-        float* out = packed + panel * depth;
-        if (transposed) {
-            // op(A)[i, p] = a[p * lda + i]: each k contributes a contiguous run of rows.
-            for (std::int64_t p = 0; p < depth; ++p) {
-                const float* src = a + (k0 + p) * lda + row0 + panel;
-                float* dst = out + p * gemm_tile_rows;
-                std::int64_t r = 0;
-                for (; r < valid; ++r) dst[r] = src[r];
-                for (; r < gemm_tile_rows; ++r) dst[r] = 0.0f;
-            }
-        } else if (valid == gemm_tile_rows) {
-            // op(A)[i, p] = a[i * lda + p]: read the 12 rows side by side so that every k
-            // writes one contiguous group of 12.
-            const float* src[gemm_tile_rows];
-            for (std::int64_t r = 0; r < gemm_tile_rows; ++r) src[r] = a + (row0 + panel + r) * lda + k0;
-            for (std::int64_t p = 0; p < depth; ++p)
-                for (std::int64_t r = 0; r < gemm_tile_rows; ++r) out[p * gemm_tile_rows + r] = src[r][p];
-        } else {
-            for (std::int64_t r = 0; r < gemm_tile_rows; ++r) {
-                if (r < valid) {
-                    const float* src = a + (row0 + panel + r) * lda + k0;
-                    for (std::int64_t p = 0; p < depth; ++p) out[p * gemm_tile_rows + r] = src[p];
-                } else {
-                    for (std::int64_t p = 0; p < depth; ++p) out[p * gemm_tile_rows + r] = 0.0f;
-                }
-            }
-        }
-    }
+/// Copies a strip of `valid` < 12 rows of op(A), depth `depth`, into `packed` as 12 rows
+/// k-major (element (r, p) at packed[p * 12 + r]) with zero rows after `valid`. `a` points
+/// at op(A)[first row, first k]; element (r, p) is a[r * row_step + p * k_step].
+inline void pack_a_strip(const float* a, std::int64_t row_step, std::int64_t k_step,
+                         std::int64_t valid, std::int64_t depth, float* packed) {
+    for (std::int64_t p = 0; p < depth; ++p)
+        for (std::int64_t r = 0; r < gemm_tile_rows; ++r)
+            packed[p * gemm_tile_rows + r] = r < valid ? a[r * row_step + p * k_step] : 0.0f;
 }
 
 /// Packs depth [k0, k0 + depth) and columns [col0, col0 + cols) of op(B) into panels of
@@ -134,29 +109,61 @@ inline void pack_b(const float* b, std::int64_t ldb, bool transposed, std::int64
     }
 }
 
-/// C[0:rows, 0:cols] (=|+=) alpha * sum_p a[p, :] b[p, :] for one 12 x 32 tile, with a and
-/// b packed panels of `depth` steps. Rows beyond `rows` and columns beyond `cols` are
-/// computed on zero padding and not written.
+/// C[0:rows, 0:cols] (=|+=) alpha * sum_p A[:, p] b[p, :] for one 12 x 32 tile, with b a
+/// packed panel of `depth` steps. With KMajorA, element (r, p) of the A strip is
+/// a[p * a_step + r] (a transposed operand or a packed strip); otherwise it is
+/// a[r * a_step + p] (rows of a row-major operand). Rows beyond `rows` and columns beyond
+/// `cols` are computed but not written.
+template <bool KMajorA>
 __attribute__((target("avx512f,fma"))) inline void gemm_micro_kernel(
-    std::int64_t depth, const float* a, const float* b, float* c, std::int64_t ldc, std::int64_t rows,
-    std::int64_t cols, float alpha, bool add) {
+    std::int64_t depth, const float* a, std::int64_t a_step, const float* b, float* c,
+    std::int64_t ldc, std::int64_t rows, std::int64_t cols, float alpha, bool add) {
     __m512 acc[gemm_tile_rows][2];
 #pragma GCC unroll 12
     for (int r = 0; r < gemm_tile_rows; ++r) {
         acc[r][0] = _mm512_setzero_ps();
         acc[r][1] = _mm512_setzero_ps();
     }
-    for (std::int64_t p = 0; p < depth; ++p) {
-        const __m512 b0 = _mm512_load_ps(b);
-        const __m512 b1 = _mm512_load_ps(b + 16);
+    if constexpr (KMajorA) {
+        for (std::int64_t p = 0; p < depth; ++p) {
+            const __m512 b0 = _mm512_load_ps(b);
+            const __m512 b1 = _mm512_load_ps(b + 16);
 #pragma GCC unroll 12
-        for (int r = 0; r < gemm_tile_rows; ++r) {
-            const __m512 ar = _mm512_set1_ps(a[r]);
-            acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
+            for (int r = 0; r < gemm_tile_rows; ++r) {
+                const __m512 ar = _mm512_set1_ps(a[r]);
+                acc[r][0] = _mm512_fmadd_ps(ar, b0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(ar, b1, acc[r][1]);
+            }
+            a += a_step;
+            b += gemm_tile_cols;
         }
-        a += gemm_tile_rows;
-        b += gemm_tile_cols;
+    } else {
+        // Two bases three rows apart and offsets of 0..2 rows keep the address arithmetic
+        // in the addressing modes (base + index * scale); a_step is the row stride.
+        const float* base0 = a;
+        const float* base1 = a + 3 * a_step;
+        const float* base2 = a + 6 * a_step;
+        const float* base3 = a + 9 * a_step;
+        const std::int64_t step1 = a_step;
+        const std::int64_t step2 = 2 * a_step;
+        for (std::int64_t p = 0; p < depth; ++p) {
+            const __m512 b0 = _mm512_load_ps(b);
+            const __m512 b1 = _mm512_load_ps(b + 16);
+            const float* bases[4] = {base0 + p, base1 + p, base2 + p, base3 + p};
+#pragma GCC unroll 4
+            for (int group = 0; group < 4; ++group) {
+                const __m512 a0 = _mm512_set1_ps(bases[group][0]);
+                acc[3 * group][0] = _mm512_fmadd_ps(a0, b0, acc[3 * group][0]);
+                acc[3 * group][1] = _mm512_fmadd_ps(a0, b1, acc[3 * group][1]);
+                const __m512 a1 = _mm512_set1_ps(bases[group][step1]);
+                acc[3 * group + 1][0] = _mm512_fmadd_ps(a1, b0, acc[3 * group + 1][0]);
+                acc[3 * group + 1][1] = _mm512_fmadd_ps(a1, b1, acc[3 * group + 1][1]);
+                const __m512 a2 = _mm512_set1_ps(bases[group][step2]);
+                acc[3 * group + 2][0] = _mm512_fmadd_ps(a2, b0, acc[3 * group + 2][0]);
+                acc[3 * group + 2][1] = _mm512_fmadd_ps(a2, b1, acc[3 * group + 2][1]);
+            }
+            b += gemm_tile_cols;
+        }
     }
 
     const __m512 scale = _mm512_set1_ps(alpha);
@@ -188,9 +195,11 @@ __attribute__((target("avx512f,fma"))) inline void gemm_avx512(
     GemmPackBuffers& buffers = thread_pack_buffers();
     const std::int64_t block_depth = std::min(k, gemm_block_depth);
     const std::int64_t padded_cols = (std::min(n, gemm_block_cols) + gemm_tile_cols - 1) / gemm_tile_cols * gemm_tile_cols;
-    const std::int64_t padded_rows = (std::min(m, gemm_block_rows) + gemm_tile_rows - 1) / gemm_tile_rows * gemm_tile_rows;
     float* packed_b = grow(buffers.b, block_depth * padded_cols);
-    float* packed_a = grow(buffers.a, block_depth * padded_rows);
+    float* packed_strip = grow(buffers.a, block_depth * gemm_tile_rows);
+    // Element (i, p) of op(A) is a[i * row_step + p * k_step].
+    const std::int64_t row_step = transpose_a ? 1 : lda;
+    const std::int64_t k_step = transpose_a ? lda : 1;
 
     for (std::int64_t k0 = 0; k0 < k; k0 += gemm_block_depth) {
         const std::int64_t depth = std::min(gemm_block_depth, k - k0);
@@ -199,17 +208,23 @@ __attribute__((target("avx512f,fma"))) inline void gemm_avx512(
         for (std::int64_t col0 = 0; col0 < n; col0 += gemm_block_cols) {
             const std::int64_t cols = std::min(gemm_block_cols, n - col0);
             pack_b(b, ldb, transpose_b, k0, depth, col0, cols, packed_b);
-            for (std::int64_t row0 = 0; row0 < m; row0 += gemm_block_rows) {
-                const std::int64_t rows = std::min(gemm_block_rows, m - row0);
-                pack_a(a, lda, transpose_a, row0, rows, k0, depth, packed_a);
-                for (std::int64_t tile_row = 0; tile_row < rows; tile_row += gemm_tile_rows) {
-                    const float* a_panel = packed_a + tile_row * depth;
-                    const std::int64_t tile_rows = std::min(gemm_tile_rows, rows - tile_row);
-                    for (std::int64_t tile_col = 0; tile_col < cols; tile_col += gemm_tile_cols) {
-                        gemm_micro_kernel(depth, a_panel, packed_b + tile_col * depth,
-                                          c + (row0 + tile_row) * ldc + col0 + tile_col, ldc, tile_rows,
-                                          std::min(gemm_tile_cols, cols - tile_col), alpha, add);
-                    }
+            for (std::int64_t row = 0; row < m; row += gemm_tile_rows) {
+                const std::int64_t rows = std::min(gemm_tile_rows, m - row);
+                const float* strip = a + row * row_step + k0 * k_step;
+                if (rows < gemm_tile_rows) pack_a_strip(strip, row_step, k_step, rows, depth, packed_strip);
+                for (std::int64_t tile_col = 0; tile_col < cols; tile_col += gemm_tile_cols) {
+                    float* tile = c + row * ldc + col0 + tile_col;
+                    const std::int64_t tile_cols = std::min(gemm_tile_cols, cols - tile_col);
+                    const float* b_panel = packed_b + tile_col * depth;
+                    if (rows < gemm_tile_rows)
+                        gemm_micro_kernel<true>(depth, packed_strip, gemm_tile_rows, b_panel, tile, ldc, rows,
+                                                tile_cols, alpha, add);
+                    else if (transpose_a)
+                        gemm_micro_kernel<true>(depth, strip, k_step, b_panel, tile, ldc, rows, tile_cols,
+                                                alpha, add);
+                    else
+                        gemm_micro_kernel<false>(depth, strip, row_step, b_panel, tile, ldc, rows, tile_cols,
+                                                 alpha, add);
                 }
             }
         }

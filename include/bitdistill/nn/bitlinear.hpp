@@ -57,9 +57,20 @@ void bitlinear_forward_integer(TensorView<const float> x, TensorView<const float
     quantize_int8_into(x, x_codes);
     quantize_ternary_into(w, w_codes);
     matmul_into(w_codes, x_codes, y);
-    // The dequantized codes equal fake_quantize_* of x and w bit for bit.
-    dequantize_into(x_codes, x_deq);
-    dequantize_into(w_codes, w_deq);
+
+    // X_deq = code * scale per token, as dequantize_into computes it, over the threads.
+    const std::int64_t in = x_codes.cols();
+    parallel_for(x_codes.rows(), 16, [&](std::int64_t first, std::int64_t last) {
+        for (std::int64_t t = first; t < last; ++t) {
+            const std::int8_t* codes = x_codes.row(t);
+            const float scale = x_codes.scale(t);
+            float* out = x_deq.row(t);
+            for (std::int64_t j = 0; j < in; ++j) out[j] = static_cast<float>(codes[j]) * scale;
+        }
+    });
+    // fake_quantize_ternary equals dequantize(quantize_ternary(w)) bit for bit and reads
+    // the float weights instead of decoding the packed codes.
+    fake_quantize_ternary<WeightEnc>(w, w_deq);
 }
 
 /// Straight-through backward: dx += dy W_deq, dW += dy^T X_deq.
