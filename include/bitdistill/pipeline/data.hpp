@@ -4,8 +4,8 @@
 //
 // Classification is generative. A row becomes <s> prompt answer, where the answer is the
 // label word of its class. Cross-entropy is taken only where the model predicts an answer
-// token (the prompt is masked), and accuracy asks whether the greedy prediction at those
-// positions is the gold label word.
+// token (the prompt is masked), and accuracy counts the rows where the greedy prediction at
+// those positions is the gold label word.
 //
 // Batches are padded on the right. Under a causal mask a real token never attends to a
 // later position, so right padding needs no attention mask: padded positions only need to
@@ -273,7 +273,7 @@ struct TokenBatch {
         std::swap(order[i - 1], order[static_cast<std::size_t>(rng() % i)]);
 
     if (!lengths.empty()) {
-        // Sort each run of 64 batches by length, so that a batch holds similar lengths.
+        // Sort each run of 64 batches by length, so that a batch contains similar lengths.
         const std::int64_t group = batch_size * 64;
         for (std::int64_t start = 0; start < item_count; start += group) {
             const auto first = order.begin() + start;

@@ -164,7 +164,7 @@ inline StepLoss cross_entropy_step(nn::DecoderModel& model, autodiff::Tape& tape
     return outcome;
 }
 
-/// Which positions the logits distillation averages over.
+/// Positions over which the logits distillation averages.
 enum class DistillPositions {
     all_tokens,  ///< every real (non-padding) position of the sequence
     answers,     ///< only the positions that predict an answer token

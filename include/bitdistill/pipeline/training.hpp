@@ -13,9 +13,9 @@
 // with another fingerprint is ignored and overwritten.
 //
 // Determinism: with the same seed and thread count, a run stopped after k steps and
-// resumed ends with the same weights, bit for bit, as a run that was never stopped,
-// because the batches of step s depend only on (seed, s), the learning rate only on s, and
-// the optimizer state is restored exactly.
+// resumed ends with the same weights, bit for bit, as a run that was never stopped. The
+// batches of step s depend only on (seed, s), the learning rate only on s, and the
+// optimizer state is restored exactly.
 #pragma once
 
 #include <chrono>
@@ -53,7 +53,7 @@ struct TrainingSettings {
     ScheduleKind schedule = ScheduleKind::cosine;
 };
 
-/// Where a stage keeps its checkpoints and how it reports progress.
+/// Checkpoint folder, seed and progress reporting of a stage.
 struct RunControl {
     std::filesystem::path checkpoint_dir;  ///< empty: no checkpoints, no resume
     std::uint64_t seed = 1;
@@ -69,7 +69,7 @@ struct RunControl {
     std::map<std::string, std::string> metadata;
 };
 
-/// What one stage call produced.
+/// Result of one stage call.
 struct StageOutcome {
     std::string stage;
     DecoderWeights weights;       ///< final weights (or the weights at the stop step)
@@ -89,7 +89,7 @@ struct StepLoss {
     std::vector<std::pair<std::string, float>> terms;
 };
 
-/// Data of a stage as the loop sees it: `item_count` items (rows or windows), optional
+/// Data of a stage for the training loop: `item_count` items (rows or windows), optional
 /// lengths for grouping, and a function that builds the batch of a list of item indices.
 struct BatchSource {
     std::int64_t item_count = 0;
