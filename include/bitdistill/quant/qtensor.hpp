@@ -8,7 +8,7 @@
 // Ternary<2, G> (2 bits a weight). Rows are padded to a multiple of 16 (a row group) and
 // columns to a multiple of 16 (a chunk). Each (row group g, chunk i) owns the 64 bytes at
 // offset (g * chunks() + i) * 64. In those bytes, byte 4 * r + j (r in [0, 16), j in [0, 4))
-// contains four 2-bit codes: bits [2k, 2k + 2) are the code of row 16 g + r, column
+// contains four 2-bit codes. Its bits [2k, 2k + 2) are the code of row 16 g + r, column
 // 16 i + 4 k + j, for k in [0, 4). The code is w + 1 in {0, 1, 2}; padding holds code 1
 // (weight 0). One 64-byte load therefore gives, for each field k, the four consecutive
 // weights of 16 rows that one int32 lane of a dot-product instruction multiplies.
