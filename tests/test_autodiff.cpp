@@ -262,6 +262,49 @@ TEST_CASE("attention matches a naive loop") {
         }
 }
 
+TEST_CASE("attention across causal row blocks") {
+    // 100 tokens span three row blocks of the causal products (48, 48 and 4 rows).
+    const AttentionShape s{1, 100, 2, 1, 4};
+    std::vector<std::uint8_t> mask(100, 1);
+    for (int i = 90; i < 100; ++i) mask[i] = 0;
+    Tensor<float> q = random_tensor(Shape{100, 8}, 60, -2.0f, 2.0f);
+    Tensor<float> k = random_tensor(Shape{100, 4}, 61, -2.0f, 2.0f);
+    Tensor<float> v = random_tensor(Shape{100, 4}, 62);
+    Tape tape;
+    Var y = attention(tape, tape.constant(q.view()), tape.constant(k.view()), tape.constant(v.view()), s, mask);
+    for (int h = 0; h < 2; ++h)
+        for (int i : {0, 47, 48, 60, 95, 96, 99}) {
+            std::vector<double> weights(100, 0.0);
+            double max_score = -1e300;
+            for (int j = 0; j <= i; ++j) {
+                if (mask[j] == 0) continue;
+                double score = 0.0;
+                for (int d = 0; d < 4; ++d) score += q(i, h * 4 + d) * k(j, d);
+                weights[j] = score / 2.0;
+                max_score = std::max(max_score, weights[j]);
+            }
+            double total = 0.0;
+            for (int j = 0; j <= i; ++j) {
+                weights[j] = mask[j] != 0 ? std::exp(weights[j] - max_score) : 0.0;
+                total += weights[j];
+            }
+            for (int d = 0; d < 4; ++d) {
+                double expected = 0.0;
+                for (int j = 0; j <= i; ++j) expected += weights[j] / total * v(j, d);
+                CHECK(tape.value(y)(i, h * 4 + d) == doctest::Approx(expected).epsilon(1e-5));
+            }
+        }
+
+    static const std::vector<std::uint8_t> static_mask = mask;
+    std::vector<Leaf> leaves{{"q", q}, {"k", k}, {"v", v}};
+    bitdistill::GradCheckOptions options;
+    options.step = 1e-2;
+    options.max_elements_per_input = test_support::small_scale() ? 16 : 48;
+    require_gradients(leaves, [s](Tape& t, const std::vector<Var>& vars) {
+        return attention(t, vars[0], vars[1], vars[2], s, static_mask);
+    }, options);
+}
+
 TEST_CASE("attention row without keys is zero") {
     // Left padding: the first query of the sequence has no real key at or before it.
     const AttentionShape s{1, 3, 1, 1, 2};

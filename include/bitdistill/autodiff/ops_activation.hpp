@@ -10,7 +10,7 @@
 namespace bitdistill::autodiff {
 
 namespace detail {
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+inline float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
 }  // namespace detail
 
 // --------------------------------------------------------------------------------- silu
@@ -97,10 +97,8 @@ inline void softmax_forward(const float* x, float* y, std::int64_t rows, std::in
             float* yr = y + r * cols;
             const float max_value = *std::max_element(xr, xr + cols);
             float total = 0.0f;
-            for (std::int64_t j = 0; j < cols; ++j) {
-                yr[j] = std::exp(xr[j] - max_value);
-                total += yr[j];
-            }
+            for (std::int64_t j = 0; j < cols; ++j) yr[j] = detail::fast_exp(xr[j] - max_value);
+            for (std::int64_t j = 0; j < cols; ++j) total += yr[j];
             const float inverse = 1.0f / total;
             for (std::int64_t j = 0; j < cols; ++j) yr[j] *= inverse;
         }
@@ -151,7 +149,7 @@ inline void log_softmax_forward(const float* x, float* y, std::int64_t rows, std
             float* yr = y + r * cols;
             const float max_value = *std::max_element(xr, xr + cols);
             double total = 0.0;
-            for (std::int64_t j = 0; j < cols; ++j) total += std::exp(xr[j] - max_value);
+            for (std::int64_t j = 0; j < cols; ++j) total += detail::fast_exp(xr[j] - max_value);
             const float offset = max_value + static_cast<float>(std::log(total));
             for (std::int64_t j = 0; j < cols; ++j) yr[j] = xr[j] - offset;
         }
@@ -171,7 +169,7 @@ inline void log_softmax_backward(const float* y, const float* dy, std::int64_t r
             float total = 0.0f;
             for (std::int64_t j = 0; j < cols; ++j) total += dyr[j];
             for (std::int64_t j = 0; j < cols; ++j) {
-                const float g = dyr[j] - std::exp(yr[j]) * total;
+                const float g = dyr[j] - detail::fast_exp(yr[j]) * total;
                 dxr[j] = dx.overwrite ? g : dxr[j] + g;
             }
         }
