@@ -89,54 +89,62 @@ inline constexpr std::int64_t gemv_drain_chunks = 4096;
 static_assert(gemv_drain_chunks * 4 * (2 * 64) * 128 < (std::int64_t{1} << 31),
               "the 2-bit GEMV field accumulators would overflow int32 between drains");
 
-/// 2-bit GEMV over `Groups` consecutive row groups. The masks 0x03, 0x0C, 0x30, 0xC0 pick
-/// field k in place, as code * 4^k, which `vpdpbusd` takes as an unsigned byte (at most 128).
-/// So no shift is needed per chunk. Each field sums into its own accumulator, which is
-/// divided by 4^k (an exact arithmetic shift) at each drain.
-template <int Groups>
-BITDISTILL_TARGET_AVX512VNNI void gemv2_tile(const PackedTernaryView& w, const Int8RowsView& x,
-                                             const MatmulOutput& out, std::int64_t token,
-                                             std::int64_t first_group) noexcept {
+/// 2-bit GEMV of one row group. The masks 0x03, 0x0C, 0x30, 0xC0 pick field k in place, as
+/// code * 4^k, which `vpdpbusd` takes as an unsigned byte (at most 128). So no shift is
+/// needed per chunk. Each field sums into its own accumulator, which is divided by 4^k (an
+/// exact arithmetic shift) at each drain. Even and odd chunks use separate accumulators, so
+/// eight independent `vpdpbusd` chains hide its latency while the weights of the group are
+/// read as one sequential stream (two groups read side by side were slower from DRAM).
+BITDISTILL_TARGET_AVX512VNNI inline void gemv2_group(const PackedTernaryView& w,
+                                                     const Int8RowsView& x,
+                                                     const MatmulOutput& out, std::int64_t token,
+                                                     std::int64_t group) noexcept {
+    constexpr int parities = 2;
     const std::int8_t* activations = x.row(token);
     const __m512i field_mask[4] = {_mm512_set1_epi8(0x03), _mm512_set1_epi8(0x0C),
                                    _mm512_set1_epi8(0x30),
                                    _mm512_set1_epi8(static_cast<char>(0xC0))};
-    __m512i total[Groups];
-    BITDISTILL_UNROLL for (int g = 0; g < Groups; ++g) total[g] = _mm512_setzero_si512();
+    __m512i total = _mm512_setzero_si512();
 
     for (std::int64_t drain_first = 0; drain_first < w.chunks; drain_first += gemv_drain_chunks) {
         const std::int64_t drain_last = std::min(w.chunks, drain_first + gemv_drain_chunks);
-        __m512i field_sum[Groups][4];
-        BITDISTILL_UNROLL for (int g = 0; g < Groups; ++g)
-            BITDISTILL_UNROLL for (int k = 0; k < 4; ++k) field_sum[g][k] = _mm512_setzero_si512();
-        const std::uint8_t* chunk_bytes[Groups];
-        BITDISTILL_UNROLL for (int g = 0; g < Groups; ++g)
-            chunk_bytes[g] = w.chunk(first_group + g, drain_first);
+        __m512i field_sum[parities][4];
+        BITDISTILL_UNROLL for (int p = 0; p < parities; ++p)
+            BITDISTILL_UNROLL for (int k = 0; k < 4; ++k) field_sum[p][k] = _mm512_setzero_si512();
+        const std::uint8_t* chunk_bytes = w.chunk(group, drain_first);
 
-        for (std::int64_t chunk = drain_first; chunk < drain_last; ++chunk) {
-            const std::int8_t* chunk_x = activations + chunk * 16;
-            __m512i x4[4];
-            BITDISTILL_UNROLL for (int k = 0; k < 4; ++k) x4[k] = broadcast4(chunk_x + 4 * k);
-            BITDISTILL_UNROLL for (int g = 0; g < Groups; ++g) {
-                const __m512i packed = _mm512_load_si512(chunk_bytes[g]);
-                chunk_bytes[g] += 64;
+        std::int64_t chunk = drain_first;
+        for (; chunk + parities <= drain_last; chunk += parities) {
+            BITDISTILL_UNROLL for (int p = 0; p < parities; ++p) {
+                const std::int8_t* chunk_x = activations + (chunk + p) * 16;
+                const __m512i packed = _mm512_load_si512(chunk_bytes + 64 * p);
                 BITDISTILL_UNROLL for (int k = 0; k < 4; ++k)
-                    field_sum[g][k] = _mm512_dpbusd_epi32(
-                        field_sum[g][k], _mm512_and_si512(packed, field_mask[k]), x4[k]);
+                    field_sum[p][k] = _mm512_dpbusd_epi32(field_sum[p][k],
+                                                          _mm512_and_si512(packed, field_mask[k]),
+                                                          broadcast4(chunk_x + 4 * k));
             }
+            chunk_bytes += 64 * parities;
         }
-        BITDISTILL_UNROLL for (int g = 0; g < Groups; ++g) {
-            const __m512i low =
-                _mm512_add_epi32(field_sum[g][0], _mm512_srai_epi32(field_sum[g][1], 2));
-            const __m512i high = _mm512_add_epi32(_mm512_srai_epi32(field_sum[g][2], 4),
-                                                  _mm512_srai_epi32(field_sum[g][3], 6));
-            total[g] = _mm512_add_epi32(total[g], _mm512_add_epi32(low, high));
+        if (chunk < drain_last) {
+            const std::int8_t* chunk_x = activations + chunk * 16;
+            const __m512i packed = _mm512_load_si512(chunk_bytes);
+            BITDISTILL_UNROLL for (int k = 0; k < 4; ++k)
+                field_sum[0][k] = _mm512_dpbusd_epi32(
+                    field_sum[0][k], _mm512_and_si512(packed, field_mask[k]),
+                    broadcast4(chunk_x + 4 * k));
         }
+
+        __m512i fields[4];
+        BITDISTILL_UNROLL for (int k = 0; k < 4; ++k)
+            fields[k] = _mm512_add_epi32(field_sum[0][k], field_sum[1][k]);
+        const __m512i low = _mm512_add_epi32(fields[0], _mm512_srai_epi32(fields[1], 2));
+        const __m512i high =
+            _mm512_add_epi32(_mm512_srai_epi32(fields[2], 4), _mm512_srai_epi32(fields[3], 6));
+        total = _mm512_add_epi32(total, _mm512_add_epi32(low, high));
     }
     // Codes are w + 1: subtract the exact activation sum. |total| <= 2^30 (max_encoded_cols).
     const __m512i offset = _mm512_set1_epi32(x.row_sums[token]);
-    BITDISTILL_UNROLL for (int g = 0; g < Groups; ++g)
-        store_group(out, token, first_group + g, _mm512_sub_epi32(total[g], offset));
+    store_group(out, token, group, _mm512_sub_epi32(total, offset));
 }
 
 /// 2-bit GEMM tile: `Groups` row groups x `Tokens` tokens of int32 accumulators. Each
@@ -279,8 +287,7 @@ BITDISTILL_TARGET_AVX512VNNI inline void ternary2_matmul_groups(const PackedTern
     using namespace avx512vnni_detail;
     std::int64_t group = group_first;
     if (x.tokens == 1) {
-        for (; group + 2 <= group_last; group += 2) gemv2_tile<2>(w, x, out, 0, group);
-        for (; group < group_last; ++group) gemv2_tile<1>(w, x, out, 0, group);
+        for (; group < group_last; ++group) gemv2_group(w, x, out, 0, group);
         return;
     }
     for (; group + gemm_groups <= group_last; group += gemm_groups)
@@ -298,7 +305,7 @@ BITDISTILL_TARGET_AVX512VNNI inline void ternary1_6_matmul_groups(const PackedTe
     using namespace avx512vnni_detail;
     std::int64_t group = group_first;
     if (x.tokens == 1) {
-        for (; group + 2 <= group_last; group += 2) gemm1_6_tile<2, 1>(w, x, out, 0, group);
+        // One row group at a time keeps the weights one sequential stream, as in gemv2_group.
         for (; group < group_last; ++group) gemm1_6_tile<1, 1>(w, x, out, 0, group);
         return;
     }
