@@ -4,10 +4,10 @@
 // of High-Performance Matrix Multiplication", ACM TOMS 34(3), 2008):
 // - op(B) is packed per block of kc rows into panels of 32 columns (two zmm registers),
 //   each panel stored k-major: 32 floats for k = 0, then 32 for k = 1, ...;
-// - op(A) is read in place, 12 rows at a time, because the micro-kernel only broadcasts
-//   its elements (one per row and k) and a 12-row strip of depth 256 (12 KB) stays in L1
-//   while the strip meets every panel of B; only a last strip of fewer than 12 rows is
-//   copied into a zero-padded buffer;
+// - op(A) is taken 12 rows at a time. A row-major strip is read in place, because the
+//   micro-kernel only broadcasts its elements and a strip of depth 256 (12 KB) stays in L1
+//   while it meets every panel of B. A transposed strip, and a last strip of fewer than
+//   12 rows, are copied into a k-major buffer first;
 // - the micro-kernel keeps a 12 x 32 tile of C in 24 zmm accumulators and, per k, loads two
 //   vectors of B and broadcasts 12 values of A (24 FMAs).
 // Edges are zero-padded and masked or skipped when C is written.
@@ -66,6 +66,12 @@ inline float* grow(AlignedBuffer<float>& buffer, std::int64_t count) {
 /// at op(A)[first row, first k]; element (r, p) is a[r * row_step + p * k_step].
 inline void pack_a_strip(const float* a, std::int64_t row_step, std::int64_t k_step,
                          std::int64_t valid, std::int64_t depth, float* packed) {
+    if (row_step == 1 && valid == gemm_tile_rows) {
+        // A transposed operand: the 12 values of each k are contiguous.
+        for (std::int64_t p = 0; p < depth; ++p)
+            std::memcpy(packed + p * gemm_tile_rows, a + p * k_step, gemm_tile_rows * sizeof(float));
+        return;
+    }
     for (std::int64_t p = 0; p < depth; ++p)
         for (std::int64_t r = 0; r < gemm_tile_rows; ++r)
             packed[p * gemm_tile_rows + r] = r < valid ? a[r * row_step + p * k_step] : 0.0f;
@@ -211,17 +217,18 @@ __attribute__((target("avx512f,fma"))) inline void gemm_avx512(
             for (std::int64_t row = 0; row < m; row += gemm_tile_rows) {
                 const std::int64_t rows = std::min(gemm_tile_rows, m - row);
                 const float* strip = a + row * row_step + k0 * k_step;
-                if (rows < gemm_tile_rows) pack_a_strip(strip, row_step, k_step, rows, depth, packed_strip);
+                // A row-major strip is read in place. A transposed strip is copied, because
+                // its k steps lie lda apart, and strides of 1 KB or 4 KB map the whole strip
+                // onto a few L1 sets.
+                const bool packed = transpose_a || rows < gemm_tile_rows;
+                if (packed) pack_a_strip(strip, row_step, k_step, rows, depth, packed_strip);
                 for (std::int64_t tile_col = 0; tile_col < cols; tile_col += gemm_tile_cols) {
                     float* tile = c + row * ldc + col0 + tile_col;
                     const std::int64_t tile_cols = std::min(gemm_tile_cols, cols - tile_col);
                     const float* b_panel = packed_b + tile_col * depth;
-                    if (rows < gemm_tile_rows)
+                    if (packed)
                         gemm_micro_kernel<true>(depth, packed_strip, gemm_tile_rows, b_panel, tile, ldc, rows,
                                                 tile_cols, alpha, add);
-                    else if (transpose_a)
-                        gemm_micro_kernel<true>(depth, strip, k_step, b_panel, tile, ldc, rows, tile_cols,
-                                                alpha, add);
                     else
                         gemm_micro_kernel<false>(depth, strip, row_step, b_panel, tile, ldc, rows, tile_cols,
                                                  alpha, add);
