@@ -81,7 +81,7 @@ struct Trits5Decoder {
         const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes));
         return {_mm256_xor_si256(packed, _mm256_set1_epi8(static_cast<char>(0x80)))};
     }
-    /// [q >= 86] + [q >= 171], that is [p > -43] + [p > 42], as a byte in {0, 1, 2}.
+    /// Returns the current codes in {0, 1, 2}: [q >= 86] + [q >= 171] = [p > -43] + [p > 42].
     BITDISTILL_TARGET_AVX2 __m256i code() const noexcept {
         const __m256i above_first = _mm256_cmpgt_epi8(biased, _mm256_set1_epi8(-43));
         const __m256i above_second = _mm256_cmpgt_epi8(biased, _mm256_set1_epi8(42));
@@ -197,7 +197,7 @@ BITDISTILL_TARGET_AVX2 void gemm_groups(const PackedTernaryView& w, const Int8Ro
 
 }  // namespace avx2_detail
 
-/// 2-bit weights x int8 activations for row groups [group_first, group_last).
+/// Multiplies 2-bit weights by int8 activations for row groups [group_first, group_last).
 BITDISTILL_TARGET_AVX2 inline void ternary2_matmul_groups(const PackedTernaryView& w,
                                                           const Int8RowsView& x,
                                                           const MatmulOutput& out,
@@ -211,7 +211,7 @@ BITDISTILL_TARGET_AVX2 inline void ternary2_matmul_groups(const PackedTernaryVie
     avx2_detail::gemm_groups<4>(w, x, out, group_first, group_last);
 }
 
-/// 1.6-bit weights x int8 activations for row groups [group_first, group_last).
+/// Multiplies 1.6-bit weights by int8 activations for row groups [group_first, group_last).
 BITDISTILL_TARGET_AVX2 inline void ternary1_6_matmul_groups(const PackedTernaryView& w,
                                                             const Int8RowsView& x,
                                                             const MatmulOutput& out,

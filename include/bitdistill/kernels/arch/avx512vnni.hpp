@@ -68,7 +68,7 @@ BITDISTILL_TARGET_AVX512VNNI inline void store_group(const MatmulOutput& out, st
 struct Trits5Decoder {
     __m512i fraction;
 
-    /// floor(3 q / 256) = [q >= 86] + [q >= 171] for each byte q.
+    /// Returns the current codes, floor(3 q / 256) = [q >= 86] + [q >= 171] for each byte q.
     BITDISTILL_TARGET_AVX512VNNI __m512i code() const noexcept {
         const __mmask64 at_least_one = _mm512_cmpge_epu8_mask(fraction, _mm512_set1_epi8(86));
         const __mmask64 two =
@@ -277,7 +277,7 @@ struct Gemm1_6Tile {
 
 }  // namespace avx512vnni_detail
 
-/// 2-bit weights x int8 activations for row groups [group_first, group_last).
+/// Multiplies 2-bit weights by int8 activations for row groups [group_first, group_last).
 BITDISTILL_TARGET_AVX512VNNI inline void ternary2_matmul_groups(const PackedTernaryView& w,
                                                                 const Int8RowsView& x,
                                                                 const MatmulOutput& out,
@@ -295,7 +295,7 @@ BITDISTILL_TARGET_AVX512VNNI inline void ternary2_matmul_groups(const PackedTern
     for (; group < group_last; ++group) for_token_tiles<1, Gemm2Tile>(w, x, out, group);
 }
 
-/// 1.6-bit weights x int8 activations for row groups [group_first, group_last).
+/// Multiplies 1.6-bit weights by int8 activations for row groups [group_first, group_last).
 BITDISTILL_TARGET_AVX512VNNI inline void ternary1_6_matmul_groups(const PackedTernaryView& w,
                                                                   const Int8RowsView& x,
                                                                   const MatmulOutput& out,

@@ -56,14 +56,14 @@ void ternary_matmul_groups_scalar(const PackedTernaryView& w, const Int8RowsView
 
 }  // namespace detail
 
-/// 2-bit weights x int8 activations for row groups [group_first, group_last).
+/// Multiplies 2-bit weights by int8 activations for row groups [group_first, group_last).
 inline void ternary2_matmul_groups(const PackedTernaryView& w, const Int8RowsView& x,
                                    const MatmulOutput& out, std::int64_t group_first,
                                    std::int64_t group_last, arch::scalar) {
     detail::ternary_matmul_groups_scalar<4>(w, x, out, group_first, group_last);
 }
 
-/// 1.6-bit weights x int8 activations for row groups [group_first, group_last).
+/// Multiplies 1.6-bit weights by int8 activations for row groups [group_first, group_last).
 inline void ternary1_6_matmul_groups(const PackedTernaryView& w, const Int8RowsView& x,
                                      const MatmulOutput& out, std::int64_t group_first,
                                      std::int64_t group_last, arch::scalar) {
