@@ -1,11 +1,11 @@
 #!/usr/bin/python3
 """Time one training step of the decoder block of bench_train_step.cpp in PyTorch.
 
-Same block, input, loss and optimizer as the C++ benchmark: width 256, 4 query heads and
-2 key/value heads of 64, SwiGLU FFN of 688, causal attention, pre-RMSNorm, interleaved
-RoPE, no SubLN and no q/k norm; input 8 sequences of 128 tokens as a fixed random
-[1024 x 256] tensor without gradient; loss mean(out^2); AdamW with lr 1e-4 and weight
-decay 0.01 on the matrices. The ternary variant is the fake-quant BitLinear of the BitNet
+Same block, input, loss and optimizer as the C++ benchmark. Block: width 256, 4 query
+heads and 2 key/value heads of 64, SwiGLU FFN of 688, causal attention, pre-RMSNorm,
+interleaved RoPE, no SubLN and no q/k norm. Input: 8 sequences of 128 tokens as a fixed
+random [1024 x 256] tensor without gradient. Loss: mean(out^2). Optimizer: AdamW with
+lr 1e-4 and weight decay 0.01 on the matrices. The ternary variant is the fake-quant BitLinear of the BitNet
 training code: x_q = x + (q(x) - x).detach(), w_q likewise, y = linear(x_q, w_q), with
 absmax int8 activations per token and absmean ternary weights per tensor.
 

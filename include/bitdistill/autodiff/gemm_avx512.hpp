@@ -117,8 +117,8 @@ inline void pack_b(const float* b, std::int64_t ldb, bool transposed, std::int64
 
 /// C[0:rows, 0:cols] (=|+=) alpha * sum_p A[:, p] b[p, :] for one 12 x 32 tile, with b a
 /// packed panel of `depth` steps. With KMajorA, element (r, p) of the A strip is
-/// a[p * a_step + r] (a transposed operand or a packed strip); otherwise it is
-/// a[r * a_step + p] (rows of a row-major operand). Rows beyond `rows` and columns beyond
+/// a[p * a_step + r], as in a packed strip. Without it, element (r, p) is a[r * a_step + p],
+/// as in the rows of a row-major operand. Rows beyond `rows` and columns beyond
 /// `cols` are computed but not written.
 template <bool KMajorA>
 __attribute__((target("avx512f,fma"))) inline void gemm_micro_kernel(
@@ -144,8 +144,8 @@ __attribute__((target("avx512f,fma"))) inline void gemm_micro_kernel(
             b += gemm_tile_cols;
         }
     } else {
-        // Two bases three rows apart and offsets of 0..2 rows keep the address arithmetic
-        // in the addressing modes (base + index * scale); a_step is the row stride.
+        // Four bases three rows apart, plus offsets of 0, 1 or 2 row strides (a_step), keep
+        // the address arithmetic inside the x86 addressing modes (base + index * scale).
         const float* base0 = a;
         const float* base1 = a + 3 * a_step;
         const float* base2 = a + 6 * a_step;

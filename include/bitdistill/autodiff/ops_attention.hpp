@@ -108,7 +108,7 @@ inline void attention_forward(const float* q, const float* k, const float* v,
 
 /// Backward pass: with dP = dO V^T and dS = P * (dP - rowsum(dP * P)) (softmax Jacobian),
 /// dq += scale * dS K, dk += scale * dS^T Q, dv += P^T dO. Null gradients are skipped.
-/// `scratch` holds batch * n_kv_heads * seq * seq floats.
+/// `scratch` has room for batch * n_kv_heads * seq * seq floats.
 inline void attention_backward(const float* q, const float* k, const float* v,
                                const float* probabilities, const float* d_out,
                                const AttentionShape& s, float scale, float* scratch, float* dq,
@@ -171,7 +171,7 @@ inline void attention_backward(const float* q, const float* k, const float* v,
 
 /// Causal grouped-query self-attention with scale 1 / sqrt(head_dim).
 /// Shapes: q [batch * seq x n_heads * head_dim], k and v [batch * seq x n_kv_heads *
-/// head_dim], key_mask empty or batch * seq bytes (1 real token, 0 padding); the result
+/// head_dim], key_mask empty or batch * seq bytes (1 real token, 0 padding). The result
 /// has q's shape. The mask is read during this call only.
 inline Var attention(Tape& tape, Var q, Var k, Var v, const AttentionShape& s,
                      std::span<const std::uint8_t> key_mask = {}) {

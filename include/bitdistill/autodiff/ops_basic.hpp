@@ -25,7 +25,7 @@ void parallel_elements(std::int64_t count, Body&& body) {
     parallel_for(count, elementwise_grain, body);
 }
 
-/// Writes `value_at(i)` into every element of `sink`, storing or adding as the sink says.
+/// Writes `value_at(i)` into every element of `sink`, storing or adding as `sink.overwrite` selects.
 template <class ValueAt>
 void write_gradient(const GradientSink& sink, std::int64_t count, ValueAt&& value_at) {
     if (!sink) return;
@@ -44,7 +44,7 @@ void write_gradient(const GradientSink& sink, std::int64_t count, ValueAt&& valu
 inline Shape scalar_shape() { return Shape{1}; }
 
 /// exp(x) in float without a library call, so that loops over it vectorize. Relative error
-/// about 1e-7 for x in [-87, 88] (9.5e-8 at most on a grid of step 7e-4); inputs outside
+/// about 1e-7 for x in [-87, 88] (9.5e-8 at most on a grid of step 7e-4). Inputs outside
 /// are clamped to that range, so the result
 /// is never 0 or infinite (callers that need exp(-inf) = 0 test for it themselves).
 /// Method: x = k ln2 + r with k = round(x / ln2) and |r| <= ln2 / 2 (ln2 split in two

@@ -72,8 +72,8 @@ inline void rmsnorm_backward(const float* x, const float* gain, const float* inv
 }
 
 /// RMSNorm over groups of `width` contiguous elements of x. With a valid `gain` Var,
-/// width is gain's element count and `width` must be 0 or equal to it; without one the
-/// gain is 1 and `width` 0 means the last extent of x.
+/// width is gain's element count and `width` must be 0 or equal to it. Without one the
+/// gain is 1, and `width` 0 means the last extent of x.
 /// Shapes: x any with numel divisible by width, gain [width]; the result has x's shape.
 inline Var rmsnorm(Tape& tape, Var x, Var gain, float eps, std::int64_t width = 0) {
     const Shape shape = tape.shape(x);

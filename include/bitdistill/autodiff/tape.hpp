@@ -3,7 +3,7 @@
 // A Tape records one node per tensor operation (not per scalar). Each node owns its output
 // buffer, its gradient buffer and up to three saved tensors that its backward rule needs.
 // Tape::reset() starts a new step but keeps every node and buffer, so the op recorded at
-// position i of the next step receives the buffers used at position i before; when the
+// position i of the next step receives the buffers used at position i before. When the
 // shapes repeat, a step allocates nothing after the first one.
 //
 // Gradients flow lazily: a node's gradient buffer is claimed by the first backward rule
@@ -104,7 +104,7 @@ public:
     Tape(Tape&&) noexcept = default;
     Tape& operator=(Tape&&) noexcept = default;
 
-    /// Starts a new step: forgets every recorded op but keeps the nodes and their buffers
+    /// Starts a new step: drops every recorded op but keeps the nodes and their buffers
     /// for reuse. Every Var of the previous step becomes invalid.
     void reset() noexcept { size_ = 0; }
 
@@ -237,7 +237,7 @@ public:
     std::int32_t* saved_ids(Var v, std::int64_t count) { return detail::reserve(node(v).saved_ids, count); }
 
     /// Gradient destination of node `index` for a backward rule; see GradientSink. The
-    /// first rule that asks claims the buffer and must overwrite it.
+    /// first rule that requests it claims the buffer and must overwrite it.
     GradientSink gradient_sink(std::int32_t index) {
         if (index < 0) return {};
         Node& n = nodes_[index];

@@ -13,7 +13,7 @@
 
 namespace bitdistill::nn {
 
-/// How a projection computes its forward pass.
+/// Arithmetic of a projection's forward pass.
 enum class ProjectionMode {
     full_precision,  ///< y = x W^T in float
     ternary,         ///< BitLinear: int8 activations times ternary weights, straight-through backward
