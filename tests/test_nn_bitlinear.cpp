@@ -69,6 +69,28 @@ TEST_CASE("integer forward equals the deployed product bit for bit") {
     }
 }
 
+TEST_CASE("constant input and disabled gradients") {
+    // A constant input needs only X_deq (for dW), a disabled tape neither; the outputs and
+    // the weight gradient must not change.
+    const Tensor<float> x = random_tensor(Shape{7, 20}, 15, -2.0f, 2.0f);
+    const Tensor<float> w = random_tensor(Shape{9, 20}, 16, -0.2f, 0.2f);
+    const Tensor<float> dy = random_tensor(Shape{7, 9}, 17);
+    const BitLinearRun full = run_bitlinear(x, w, dy, BitLinearOptions{});
+
+    Tensor<float> w_copy = w;
+    Tensor<float> dw(w.shape());
+    Tape tape;
+    BitLinear layer;
+    Var y = layer.forward(tape, tape.constant(x.view()), tape.parameter(w_copy.view(), dw.view()));
+    tape.backward(y, dy.view());
+    for (std::int64_t i = 0; i < dw.numel(); ++i) CHECK(dw[i] == full.dw[i]);
+
+    Tape eval;
+    eval.set_grad_enabled(false);
+    Var z = layer.forward(eval, eval.constant(x.view()), eval.constant(w.view()));
+    for (std::int64_t i = 0; i < full.y.numel(); ++i) CHECK(eval.value(z)[i] == full.y[i]);
+}
+
 TEST_CASE("integer and fake-quant forwards agree to float rounding") {
     const Tensor<float> x = random_tensor(Shape{17, 64}, 4, -2.0f, 2.0f);
     const Tensor<float> w = random_tensor(Shape{24, 64}, 5, -0.05f, 0.05f);

@@ -47,7 +47,8 @@ inline void bitlinear_forward(const float* x_deq, const float* w_deq, float* y,
 
 /// y = (gamma_t / 127) delta_r float(sum_k xq[t, k] wq[r, k]) on the integer kernel, with
 /// xq, wq the int8 and ternary codes of x and w, which are stored in `x_codes` and
-/// `w_codes` (reused between calls); X_deq and W_deq are written for the backward pass.
+/// `w_codes` (reused between calls). X_deq and W_deq are written for the backward pass
+/// unless their view is empty (no gradient needs them).
 /// Shapes: x, x_deq [tokens x in]; w, w_deq [out x in]; y [tokens x out].
 template <class WeightEnc>
 void bitlinear_forward_integer(TensorView<const float> x, TensorView<const float> w,
@@ -60,7 +61,7 @@ void bitlinear_forward_integer(TensorView<const float> x, TensorView<const float
 
     // X_deq = code * scale per token, as dequantize_into computes it, over the threads.
     const std::int64_t in = x_codes.cols();
-    parallel_for(x_codes.rows(), 16, [&](std::int64_t first, std::int64_t last) {
+    if (x_deq.data() != nullptr) parallel_for(x_codes.rows(), 16, [&](std::int64_t first, std::int64_t last) {
         for (std::int64_t t = first; t < last; ++t) {
             const std::int8_t* codes = x_codes.row(t);
             const float scale = x_codes.scale(t);
@@ -70,7 +71,7 @@ void bitlinear_forward_integer(TensorView<const float> x, TensorView<const float
     });
     // fake_quantize_ternary equals dequantize(quantize_ternary(w)) bit for bit and reads
     // the float weights instead of decoding the packed codes.
-    fake_quantize_ternary<WeightEnc>(w, w_deq);
+    if (w_deq.data() != nullptr) fake_quantize_ternary<WeightEnc>(w, w_deq);
 }
 
 /// Straight-through backward: dx += dy W_deq, dW += dy^T X_deq.
@@ -116,8 +117,14 @@ public:
                                n.integers[1], n.integers[2], dx, dw);
         }, {x, w});
         tape.node(y).integers = {tokens, in, out};
-        TensorView<float> x_deq(tape.saved(y, 0, tokens * in), Shape{tokens, in});
-        TensorView<float> w_deq(tape.saved(y, 1, out * in), Shape{out, in});
+        // dW needs X_deq and dx needs W_deq; the fake-quant forward needs both.
+        const bool fake = !options_.integer_kernel;
+        const bool want_x_deq = fake || (tape.requires_grad(y) && tape.requires_grad(w));
+        const bool want_w_deq = fake || (tape.requires_grad(y) && tape.requires_grad(x));
+        TensorView<float> x_deq;
+        TensorView<float> w_deq;
+        if (want_x_deq) x_deq = TensorView<float>(tape.saved(y, 0, tokens * in), Shape{tokens, in});
+        if (want_w_deq) w_deq = TensorView<float>(tape.saved(y, 1, out * in), Shape{out, in});
         const TensorView<const float> x_value = tape.value(x).reshaped(Shape{tokens, in});
         const TensorView<const float> w_value = tape.value(w);
         if (!options_.integer_kernel) {
