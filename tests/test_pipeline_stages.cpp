@@ -40,8 +40,8 @@ DecoderConfig tiny_config() {
     return config;
 }
 
-/// Rows "<s> w1 .. wn ? answer" where the answer is positive when token 20 occurs among
-/// the words (drawn from 20-29) and negative otherwise: learnable from one attention hop.
+/// Rows "<s> w1 .. wn ? answer" with words drawn from 21-29. In half of the rows the
+/// marker token 20 replaces one word, and the answer is positive exactly when it does.
 std::vector<ClassificationExample> synthetic_rows(int count, std::uint32_t seed) {
     std::mt19937 rng(seed);
     std::vector<ClassificationExample> rows;

@@ -3,6 +3,7 @@
 // prints also goes to the run's log file.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -43,6 +44,8 @@ struct CommandLine {
     std::filesystem::path evaluate_checkpoint;
     std::filesystem::path eval_tsv;
     std::filesystem::path output;
+    /// Methods to run; the result files are written only when all three ran.
+    std::vector<std::string> methods = {"fp_sft", "bitnet_sft", "bitdistill"};
 };
 
 inline void print_usage(const char* program, const ExperimentConfig& defaults) {
@@ -64,6 +67,10 @@ inline void print_usage(const char* program, const ExperimentConfig& defaults) {
         "  --threads N            threads (default %d)\n"
         "  --seed N               seed of initialisation and data order (default %llu)\n"
         "  --train-limit N        use only the first N training rows (default: all)\n"
+        "  --methods LIST         comma-separated subset of fp_sft,bitnet_sft,bitdistill to run\n"
+        "                         (default: all three; result files need all three). Two\n"
+        "                         processes with the same --work folder may run different\n"
+        "                         methods at once; a later run reuses their checkpoints\n"
         "  --pretrain-epochs X | --sft-epochs X | --stage2-epochs X\n"
         "                         passes over the corpus or the training rows (defaults %g, %g, %g);\n"
         "                         FP-SFT, BitNet-SFT and stage 3 always get the same epochs\n"
@@ -124,6 +131,14 @@ inline bool parse_command_line(int argc, char** argv, ExperimentConfig& config, 
             config.seed = std::stoull(value(i));
         } else if (option == "--train-limit") {
             config.train_limit = std::stoll(value(i));
+        } else if (option == "--methods") {
+            command.methods.clear();
+            std::istringstream list(value(i));
+            for (std::string method; std::getline(list, method, ',');) {
+                if (method != "fp_sft" && method != "bitnet_sft" && method != "bitdistill")
+                    throw std::invalid_argument("--methods takes fp_sft, bitnet_sft and bitdistill, got '" + method + "'");
+                command.methods.push_back(method);
+            }
         } else if (option == "--pretrain-epochs") {
             config.pretrain.epochs = std::stod(value(i));
         } else if (option == "--sft-epochs") {
@@ -237,17 +252,31 @@ inline int evaluate_checkpoint(const ExperimentConfig& config, const std::filesy
 inline std::string megabytes(std::size_t bytes) { return fixed(static_cast<double>(bytes) / 1e6, 3) + " MB"; }
 
 /// The main run: FP-SFT, BitNet-SFT and BitDistill, with all result files.
-inline int run_main(const ExperimentConfig& config, Logger& log) {
+inline int run_main(const ExperimentConfig& config, const CommandLine& command, Logger& log) {
     const auto started = std::chrono::steady_clock::now();
     log(bitdistill::detail::concat("task: ", config.task, " evaluation_set: ", config.figure_name, " seed: ", config.seed,
                        " threads: ", config.threads));
     const ExperimentData data = load_experiment_data(config, [&](const std::string& line) { log(line); });
     ExperimentRunner runner(config, data, [&](const std::string& line) { log(line); });
 
+    auto wanted = [&](const std::string& method) {
+        return std::find(command.methods.begin(), command.methods.end(), method) != command.methods.end();
+    };
+    if (wanted("fp_sft")) (void)runner.fp_sft();
+    if (wanted("bitnet_sft")) (void)runner.bitnet_sft();
+    if (!wanted("bitdistill") || !wanted("fp_sft") || !wanted("bitnet_sft")) {
+        if (wanted("bitdistill")) (void)runner.bitdistill(config.switches);
+        log("result: not written, because --methods left out a method");
+        return 0;
+    }
     const MethodResult fp = runner.fp_sft();
     const MethodResult bitnet = runner.bitnet_sft();
     const MethodResult bitdistill = runner.bitdistill(config.switches);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    // Stages reused from checkpoints count with the time recorded when they ran, so that
+    // `seconds` is the time of the whole pipeline however many invocations it took.
+    const double invocation_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    const double seconds = invocation_seconds + runner.reused_seconds();
 
     const WeightMemory float_memory = InferenceModel::build(runner.teacher(), InferenceFormat::fp32()).memory();
     const WeightMemory packed_memory =
@@ -261,6 +290,8 @@ inline int run_main(const ExperimentConfig& config, Logger& log) {
     json["seed"] = static_cast<std::int64_t>(config.seed);
     json["threads"] = config.threads;
     json["seconds"] = seconds;
+    json["invocation_seconds"] = invocation_seconds;
+    json["reused_stage_seconds"] = runner.reused_seconds();
     json["fp_sft"] = method_json(fp);
     json["bitnet_sft"] = method_json(bitnet);
     json["bitdistill"] = method_json(bitdistill);
@@ -329,7 +360,9 @@ inline int run_main(const ExperimentConfig& config, Logger& log) {
                 " (2-bit projections " + megabytes(packed_memory.projections) + ", bf16 embeddings " +
                 megabytes(packed_memory.embeddings) + ", fp32 norms " + megabytes(packed_memory.other) + ").\n\n";
     markdown += stage_table.render();
-    markdown += "\nTotal wall time: " + fixed(seconds, 0) + " s. Seed: " + std::to_string(config.seed) + ".\n";
+    markdown += "\nTotal wall time: " + fixed(seconds, 0) + " s (this invocation " + fixed(invocation_seconds, 0) +
+                " s; stages reused from checkpoints count with the time recorded when they ran). Seed: " +
+                std::to_string(config.seed) + ".\n";
     write_text_file(config.output_dir / "results.md", markdown);
     write_text_file(config.output_dir / "loss_curves.svg",
                     loss_curves_svg(runner.curves(), config.figure_name + ": training loss per stage"));
@@ -346,7 +379,7 @@ inline int run_main(const ExperimentConfig& config, Logger& log) {
     return 0;
 }
 
-/// The stage ablation: none (BitNet-SFT), SubLN, SubLN + stage 2, SubLN + distillation,
+/// Runs the stage ablation: none (BitNet-SFT), SubLN, SubLN + stage 2, SubLN + distillation,
 /// all three. Shares the pre-training, FP-SFT and stage 2 checkpoints with the main run.
 inline int run_ablation(const ExperimentConfig& config, Logger& log) {
     const auto started = std::chrono::steady_clock::now();
@@ -410,7 +443,7 @@ inline int experiment_main(int argc, char** argv, ExperimentConfig config,
         Logger log;
         if (!command.evaluate_checkpoint.empty()) return evaluate_checkpoint(config, command.evaluate_checkpoint, log);
         log.open(config.output_dir / (command.ablation ? "ablation_log.txt" : "log.txt"));
-        return command.ablation ? run_ablation(config, log) : run_main(config, log);
+        return command.ablation ? run_ablation(config, log) : run_main(config, command, log);
     } catch (const std::exception& error) {
         std::cerr << "error: " << error.what() << std::endl;
         return 1;

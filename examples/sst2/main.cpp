@@ -8,7 +8,7 @@ namespace {
 using namespace bitdistill;
 using namespace bitdistill::pipeline;
 
-/// The default run, sized to finish in well under 30 minutes on 2 cores.
+/// Returns the default settings, sized to finish in well under 30 minutes on 2 cores.
 ExperimentConfig default_config() {
     const std::filesystem::path data = BITDISTILL_EXAMPLE_DATA;
     ExperimentConfig config;

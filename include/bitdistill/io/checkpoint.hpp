@@ -175,8 +175,9 @@ public:
             append_pod(bytes, static_cast<std::uint32_t>(value.shape().rank()));
             for (int axis = 0; axis < value.shape().rank(); ++axis)
                 append_pod(bytes, static_cast<std::int64_t>(value.shape()[axis]));
-            bytes.append(reinterpret_cast<const char*>(value.data()),
-                         static_cast<std::size_t>(value.numel()) * sizeof(float));
+            if (value.numel() > 0)
+                bytes.append(reinterpret_cast<const char*>(value.data()),
+                             static_cast<std::size_t>(value.numel()) * sizeof(float));
         }
         Fnv1a64 checksum;
         checksum.update(bytes);
@@ -240,7 +241,7 @@ public:
             const std::size_t data_bytes = static_cast<std::size_t>(numel) * sizeof(float);
             reader.require(data_bytes, "tensor data");
             Tensor<float> value(shape);
-            std::memcpy(value.data(), reader.bytes.data() + reader.offset, data_bytes);
+            if (data_bytes > 0) std::memcpy(value.data(), reader.bytes.data() + reader.offset, data_bytes);
             reader.offset += data_bytes;
             checkpoint.tensors_[std::move(name)] = std::move(value);
         }

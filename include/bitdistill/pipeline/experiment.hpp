@@ -42,7 +42,7 @@
 
 namespace bitdistill::pipeline {
 
-/// Which parts of BitDistill run; the stage ablation switches them off one by one.
+/// Stages of BitDistill that run; the stage ablation switches them off one by one.
 struct BitDistillSwitches {
     bool subln = true;        ///< stage 1
     bool stage2 = true;       ///< continued pre-training of the ternary student
@@ -75,8 +75,8 @@ struct ExperimentConfig {
     TrainingSettings stage2;
     DistillationSettings distillation;
     BitDistillSwitches switches;
-    /// Learning rates tried for the float and the ternary fine-tuning; both grids have the
-    /// same length, and the best rate on the validation rows is kept for each method.
+    /// Learning rates tried for the float and the ternary fine-tuning. Both grids have the
+    /// same length. Each method keeps its best rate on the validation rows.
     std::vector<float> float_lr_grid = {1e-3f};
     std::vector<float> ternary_lr_grid = {5e-3f};
     std::int64_t validation_rows = 0;        ///< training rows held out to pick the rate
@@ -333,6 +333,8 @@ public:
     [[nodiscard]] const DecoderWeights& last_student() const { return last_student_; }
     [[nodiscard]] const std::vector<std::pair<std::string, double>>& stage_seconds() const { return stage_seconds_; }
     [[nodiscard]] const std::vector<LossCurve>& curves() const { return curves_; }
+    /// Seconds recorded by the stages that were reused from completed checkpoints.
+    [[nodiscard]] double reused_seconds() const { return reused_seconds_; }
 
 private:
     static std::string grid_name(const std::string& stage, float lr, std::size_t grid_size) {
@@ -347,6 +349,7 @@ private:
         for (const auto& [stage, seconds] : stage_seconds_)
             if (stage == outcome.stage) return outcome;
         stage_seconds_.emplace_back(outcome.stage, outcome.seconds);
+        if (outcome.reused) reused_seconds_ += outcome.seconds;
         curves_.push_back(outcome.curve);
         print_(bitdistill::detail::concat("stage_done: ", outcome.stage, " steps: ", outcome.steps, " seconds: ",
                               fixed(outcome.seconds, 1), outcome.reused ? " (reused checkpoint)" : "",
@@ -421,6 +424,7 @@ private:
     DecoderWeights last_student_;
     std::vector<std::pair<std::string, double>> stage_seconds_;
     std::vector<LossCurve> curves_;
+    double reused_seconds_ = 0.0;
 };
 
 /// JSON of one method's result.
