@@ -16,6 +16,7 @@
 #include "test_autodiff_support.hpp"
 
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <vector>
 
@@ -66,6 +67,29 @@ TEST_CASE("integer forward equals the deployed product bit for bit") {
         else
             matmul_into(quantize_ternary<Ternary<2, Granularity::per_tensor>>(w.view()), x_codes, deployed.view());
         for (std::int64_t i = 0; i < deployed.numel(); ++i) CHECK(run.y[i] == deployed[i]);
+    }
+}
+
+TEST_CASE("saved dequantized operands equal dequantize bit for bit") {
+    const Tensor<float> x = random_tensor(Shape{6, 33}, 18, -3.0f, 3.0f);
+    const Tensor<float> w = random_tensor(Shape{10, 33}, 19, -0.1f, 0.1f);
+    for (Granularity g : {Granularity::per_tensor, Granularity::per_row}) {
+        BitLinearOptions options;
+        options.weight_granularity = g;
+        Tensor<float> x_copy = x;
+        Tensor<float> w_copy = w;
+        Tensor<float> dx(x.shape());
+        Tensor<float> dw(w.shape());
+        Tape tape;
+        BitLinear layer(options);
+        Var y = layer.forward(tape, tape.parameter(x_copy.view(), dx.view()), tape.parameter(w_copy.view(), dw.view()));
+        const Node& node = tape.node(y);
+        const Tensor<float> x_deq = dequantize(quantize_int8<Int8<8, Granularity::per_token>>(x.view()));
+        const Tensor<float> w_deq = g == Granularity::per_row
+                                        ? dequantize(quantize_ternary<Ternary<2, Granularity::per_row>>(w.view()))
+                                        : dequantize(quantize_ternary<Ternary<2, Granularity::per_tensor>>(w.view()));
+        CHECK(std::memcmp(node.saved[0].data(), x_deq.data(), sizeof(float) * x_deq.numel()) == 0);
+        CHECK(std::memcmp(node.saved[1].data(), w_deq.data(), sizeof(float) * w_deq.numel()) == 0);
     }
 }
 

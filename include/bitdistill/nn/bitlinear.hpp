@@ -5,6 +5,7 @@
 // so dx = dy W_deq and dW = dy^T X_deq, with W_deq and X_deq the dequantized values.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "bitdistill/autodiff/ops_basic.hpp"
@@ -13,6 +14,7 @@
 #include "bitdistill/quant/qtensor.hpp"
 #include "bitdistill/quant/quantize_int8.hpp"
 #include "bitdistill/quant/quantize_ternary.hpp"
+#include "bitdistill/quant/rounding.hpp"
 
 namespace bitdistill::nn {
 
@@ -69,9 +71,26 @@ void bitlinear_forward_integer(TensorView<const float> x, TensorView<const float
             for (std::int64_t j = 0; j < in; ++j) out[j] = static_cast<float>(codes[j]) * scale;
         }
     });
-    // fake_quantize_ternary equals dequantize(quantize_ternary(w)) bit for bit and reads
-    // the float weights instead of decoding the packed codes.
-    if (w_deq.data() != nullptr) fake_quantize_ternary<WeightEnc>(w, w_deq);
+    // W_deq = delta * clamp(round(w * (1 / delta)), -1, 1) with the scales just computed:
+    // the quantizer's own formula, so it equals dequantize(w_codes) bit for bit, evaluated
+    // from the float weights instead of decoding the packed codes.
+    if (w_deq.data() != nullptr) {
+        const std::int64_t cols = w.cols();
+        parallel_for(w.rows(), 16, [&](std::int64_t first, std::int64_t last) {
+            for (std::int64_t r = first; r < last; ++r) {
+                const float delta = w_codes.scale(r);
+                const float inverse_delta = 1.0f / delta;
+                const float* source = w.row(r);
+                float* out = w_deq.row(r);
+                for (std::int64_t j = 0; j < cols; ++j) {
+                    // Adding +0 turns a -0 (which nearbyint, the fallback of round_half_even,
+                    // returns for small negatives) into +0, as the integer code does.
+                    const float code = round_half_even(std::clamp(source[j] * inverse_delta, -1.0f, 1.0f)) + 0.0f;
+                    out[j] = code * delta;
+                }
+            }
+        });
+    }
 }
 
 /// Straight-through backward: dx += dy W_deq, dW += dy^T X_deq.
