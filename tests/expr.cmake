@@ -1,7 +1,8 @@
 # The expression tests:
 # - test_expr, and test_expr_no_simd, the same source built with BITDISTILL_NO_SIMD so that
 #   every element-wise loop takes the scalar path that builds without SIMD support use;
-# - test_readme_snippet, the README's first example, a program with its own main;
+# - test_readme_snippet, the README's first example, a program with its own main, also
+#   compiled at -O0 with -march=native (expr_native_unoptimised, built but not run);
 # - readme_snippet_in_sync, which checks that README.md contains that example verbatim. It
 #   runs this file as a script (cmake -P), the branch right below.
 if(CMAKE_SCRIPT_MODE_FILE)
@@ -31,6 +32,16 @@ bitdistill_configure_program(test_readme_snippet)
 add_test(NAME test_readme_snippet COMMAND test_readme_snippet)
 set_tests_properties(test_readme_snippet PROPERTIES LABELS expr)
 list(APPEND BITDISTILL_CUSTOM_TESTS test_readme_snippet)
+
+# The headers must also compile unoptimised for the build machine's instruction set, as the
+# debug preset builds the examples; xsimd 8.1 has failed there for AVX-512BW.
+include(CheckCXXCompilerFlag)
+check_cxx_compiler_flag(-march=native BITDISTILL_HAS_MARCH_NATIVE)
+if(BITDISTILL_HAS_MARCH_NATIVE)
+  add_library(expr_native_unoptimised OBJECT test_readme_snippet.cpp)
+  target_link_libraries(expr_native_unoptimised PRIVATE bitdistill::bitdistill)
+  target_compile_options(expr_native_unoptimised PRIVATE -O0 -march=native -Wno-psabi)
+endif()
 
 add_test(NAME readme_snippet_in_sync
          COMMAND "${CMAKE_COMMAND}" "-DSNIPPET=${CMAKE_CURRENT_SOURCE_DIR}/test_readme_snippet.cpp"

@@ -22,7 +22,7 @@
 #include "bitdistill/expr/operand.hpp"
 #include "bitdistill/expr/simd.hpp"
 
-namespace bitdistill {
+namespace bitdistill::inline BITDISTILL_EXPR_ABI {
 namespace expr {
 
 // ---------------------------------------------------------------------------------------
@@ -75,7 +75,19 @@ struct Log {
     static constexpr bool vectorisable = true;
     float operator()(float x) const noexcept { return std::log(x); }
 #if BITDISTILL_EXPR_SIMD
-    float_batch operator()(const float_batch& x) const noexcept { return xsimd::log(x); }
+    float_batch operator()(const float_batch& x) const noexcept {
+#if XSIMD_WITH_AVX512BW && !defined(__OPTIMIZE__)
+        // NOTE: xsimd 8.1's log does not compile for AVX-512BW without optimisation (its
+        // integer select passes a batch where GCC's blend intrinsic expects another vector
+        // type), so unoptimised AVX-512BW builds take the logarithm lane by lane.
+        alignas(64) float lanes[simd_width];
+        x.store_aligned(lanes);
+        for (float& lane : lanes) lane = std::log(lane);
+        return float_batch::load_aligned(lanes);
+#else
+        return xsimd::log(x);
+#endif
+    }
 #endif
 };
 
@@ -264,4 +276,4 @@ template <array_operand Source>
         return expr::evaluate(expr::hold(std::forward<Source>(source)));
 }
 
-}  // namespace bitdistill
+}  // namespace bitdistill::inline BITDISTILL_EXPR_ABI

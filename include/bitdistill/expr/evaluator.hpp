@@ -28,7 +28,7 @@
 #include "bitdistill/kernels/ternary_matmul.hpp"
 #include "bitdistill/quant/qtensor.hpp"
 
-namespace bitdistill::expr {
+namespace bitdistill::inline BITDISTILL_EXPR_ABI::expr {
 
 template <class Op, class Operand>
 class UnaryNode;
@@ -369,4 +369,4 @@ Tensor<float> evaluate(const Node& node) {
     return result;
 }
 
-}  // namespace bitdistill::expr
+}  // namespace bitdistill::inline BITDISTILL_EXPR_ABI::expr

@@ -14,8 +14,9 @@
 #include <type_traits>
 
 #include "bitdistill/core/encoding.hpp"
+#include "bitdistill/expr/simd.hpp"
 
-namespace bitdistill {
+namespace bitdistill::inline BITDISTILL_EXPR_ABI {
 namespace expr {
 
 /// The kernels a matrix product can run on.
@@ -68,4 +69,4 @@ template <class LhsEncoding, class RhsEncoding>
 }
 
 }  // namespace expr
-}  // namespace bitdistill
+}  // namespace bitdistill::inline BITDISTILL_EXPR_ABI

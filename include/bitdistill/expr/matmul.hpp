@@ -24,9 +24,10 @@
 #include "bitdistill/expr/evaluator.hpp"
 #include "bitdistill/expr/kernel_select.hpp"
 #include "bitdistill/expr/operand.hpp"
+#include "bitdistill/expr/simd.hpp"
 #include "bitdistill/quant/qtensor.hpp"
 
-namespace bitdistill {
+namespace bitdistill::inline BITDISTILL_EXPR_ABI {
 namespace expr {
 
 /// Base of every matrix-product node.
@@ -138,4 +139,4 @@ template <matmul_expression Product>
     return expr::evaluate(product);
 }
 
-}  // namespace bitdistill
+}  // namespace bitdistill::inline BITDISTILL_EXPR_ABI

@@ -15,8 +15,9 @@
 
 #include "bitdistill/core/shape.hpp"
 #include "bitdistill/core/tensor.hpp"
+#include "bitdistill/expr/simd.hpp"
 
-namespace bitdistill {
+namespace bitdistill::inline BITDISTILL_EXPR_ABI {
 namespace expr {
 
 /// Base of every element-wise node; the concepts below recognise nodes by it.
@@ -143,4 +144,4 @@ template <class Held>
 using node_t = std::remove_cvref_t<Held>;
 
 }  // namespace expr
-}  // namespace bitdistill
+}  // namespace bitdistill::inline BITDISTILL_EXPR_ABI

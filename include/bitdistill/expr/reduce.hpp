@@ -21,7 +21,7 @@
 #include "bitdistill/expr/evaluator.hpp"
 #include "bitdistill/expr/simd.hpp"
 
-namespace bitdistill {
+namespace bitdistill::inline BITDISTILL_EXPR_ABI {
 namespace expr {
 
 /// Elements of one reduction block; a multiple of every SIMD width. A float sum over one
@@ -177,4 +177,4 @@ template <array_operand Operand>
     });
 }
 
-}  // namespace bitdistill
+}  // namespace bitdistill::inline BITDISTILL_EXPR_ABI
