@@ -103,16 +103,16 @@ std::unique_ptr<InferenceModel> build_model(InferenceFormat format) {
     return model;
 }
 
-/// The one model alive at a time, rebuilt when a case asks for another format.
+/// The one model alive at a time, rebuilt when a case needs another format.
 struct ModelCache {
     std::string name;
     std::unique_ptr<InferenceModel> model;
 
-    const InferenceModel& get(const std::string& wanted, InferenceFormat format) {
-        if (name != wanted) {
+    const InferenceModel& get(const std::string& requested, InferenceFormat format) {
+        if (name != requested) {
             model.reset();  // free the previous model before building the next
             model = build_model(format);
-            name = wanted;
+            name = requested;
         }
         return *model;
     }

@@ -49,15 +49,18 @@ public:
         BITDISTILL_REQUIRE(max_batch > 0, "InferenceSession: max_batch must be positive, got ", max_batch);
         max_batch_ = std::min(max_batch, capacity_);
         const std::int64_t dim = config.dim, q_width = config.q_width(), kv_width = config.kv_width();
+        const std::int64_t head_dim = config.resolved_head_dim();
         for (std::int64_t layer = 0; layer < config.n_layers; ++layer) {
-            k_cache_.emplace_back(Shape{capacity_, kv_width});
-            v_cache_.emplace_back(Shape{capacity_, kv_width});
+            k_cache_.emplace_back(Shape{config.n_kv_heads, capacity_, head_dim});
+            v_cache_.emplace_back(Shape{config.n_kv_heads, capacity_, head_dim});
         }
         rope_ = infer::RopeTable(capacity_, config.resolved_head_dim(), config.rope_theta);
         x_ = Tensor<float>(Shape{max_batch_, dim});
         normed_ = Tensor<float>(Shape{max_batch_, dim});
         residual_ = Tensor<float>(Shape{max_batch_, dim});
         q_ = Tensor<float>(Shape{max_batch_, q_width});
+        k_ = Tensor<float>(Shape{max_batch_, kv_width});
+        v_ = Tensor<float>(Shape{max_batch_, kv_width});
         attention_ = Tensor<float>(Shape{max_batch_, q_width});
         gate_ = Tensor<float>(Shape{max_batch_, config.hidden_dim});
         up_ = Tensor<float>(Shape{max_batch_, config.hidden_dim});
@@ -144,6 +147,17 @@ private:
         }
     }
 
+    /// Copies rows [tokens x n_kv_heads * head_dim] into the head-major cache
+    /// [n_kv_heads x capacity x head_dim] at positions start .. start + tokens - 1.
+    static void append_to_cache(TensorView<const float> rows, Tensor<float>& cache, std::int64_t start) {
+        const std::int64_t heads = cache.shape()[0], capacity = cache.shape()[1], head_dim = cache.shape()[2];
+        for (std::int64_t t = 0; t < rows.rows(); ++t)
+            for (std::int64_t head = 0; head < heads; ++head) {
+                const float* source = rows.data() + t * heads * head_dim + head * head_dim;
+                std::copy(source, source + head_dim, cache.data() + (head * capacity + start + t) * head_dim);
+            }
+    }
+
     /// x += delta, row by row over the first `tokens` rows.
     static void add_into(TensorView<float> x, TensorView<const float> delta) {
         for (std::int64_t i = 0; i < x.numel(); ++i) x[i] += delta[i];
@@ -164,18 +178,18 @@ private:
         TensorView<float> normed = rows(normed_, count);
         TensorView<float> residual = rows(residual_, count);
         TensorView<float> q = rows(q_, count);
+        TensorView<float> k = rows(k_, count);
+        TensorView<float> v = rows(v_, count);
         TensorView<float> attention = rows(attention_, count);
         TensorView<float> gate = rows(gate_, count);
         TensorView<float> up = rows(up_, count);
 
         for (std::int64_t index = 0; index < config.n_layers; ++index) {
             const InferenceLayer& layer = model_->layers[static_cast<std::size_t>(index)];
-            TensorView<float> k_cache = k_cache_[static_cast<std::size_t>(index)].view();
-            TensorView<float> v_cache = v_cache_[static_cast<std::size_t>(index)].view();
-            TensorView<float> k = k_cache.row_range(start, count);
-            TensorView<float> v = v_cache.row_range(start, count);
+            Tensor<float>& k_cache = k_cache_[static_cast<std::size_t>(index)];
+            Tensor<float>& v_cache = v_cache_[static_cast<std::size_t>(index)];
 
-            // Attention: norms, projections straight into the cache rows, q/k-norm, RoPE.
+            // Attention: norms, projections, q/k-norm, RoPE, then k and v into the cache.
             infer::rmsnorm_rows(x, layer.attn_norm.view(), config.norm_eps, normed);
             if (config.all_norms) infer::rmsnorm_rows(normed, layer.qkv_norm.view(), config.subln_eps, normed);
             attention_input_.prepare(normed, encoding);
@@ -192,8 +206,9 @@ private:
                 rope_.rotate(q.row(t), config.n_heads, start + t);
                 rope_.rotate(k.row(t), config.n_kv_heads, start + t);
             }
-            infer::causal_attention(q, k_cache.row_range(0, start + count), v_cache.row_range(0, start + count),
-                                    start, shape, attention);
+            append_to_cache(k, k_cache, start);
+            append_to_cache(v, v_cache, start);
+            infer::causal_attention(q, k_cache.view(), v_cache.view(), start, shape, attention);
             if (config.subln) infer::rmsnorm_rows(attention, layer.attn_subln.view(), config.subln_eps, attention);
             output_input_.prepare(attention, encoding);
             layer.wo.apply(output_input_, residual);
@@ -225,9 +240,9 @@ private:
     std::int64_t capacity_ = 0;
     std::int64_t max_batch_ = 0;
     std::int64_t position_ = 0;
-    std::vector<Tensor<float>> k_cache_, v_cache_;  ///< per layer [capacity x kv_width]
+    std::vector<Tensor<float>> k_cache_, v_cache_;  ///< per layer [n_kv_heads x capacity x head_dim]
     infer::RopeTable rope_;
-    Tensor<float> x_, normed_, residual_, q_, attention_, gate_, up_;
+    Tensor<float> x_, normed_, residual_, q_, k_, v_, attention_, gate_, up_;
     Tensor<float> last_logits_, all_logits_;
     ProjectionInput attention_input_, output_input_, ffn_input_, down_input_, head_input_;
 };
