@@ -52,6 +52,19 @@ TEST_CASE("reshape and transpose gradients") {
     });
 }
 
+TEST_CASE("select_rows gradients with a repeated row") {
+    static const std::vector<std::int32_t> rows{4, 0, 4, 2};
+    std::vector<Leaf> leaves{{"x", random_tensor(Shape{5, 3}, 63)}};
+    require_gradients(leaves, [](Tape& t, const std::vector<Var>& v) { return select_rows(t, v[0], rows); });
+}
+
+TEST_CASE("select_rows rejects a row outside the input") {
+    Tensor<float> x(Shape{3, 2});
+    Tape tape;
+    const std::vector<std::int32_t> rows{1, 3};
+    CHECK_THROWS_AS(select_rows(tape, tape.constant(x.view()), rows), std::invalid_argument);
+}
+
 TEST_CASE("matmul and linear gradients") {
     std::vector<Leaf> leaves{{"a", random_tensor(Shape{5, 6}, 6)},
                              {"b", random_tensor(Shape{6, 3}, 7)},

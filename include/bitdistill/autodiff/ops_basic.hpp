@@ -7,6 +7,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <span>
 
 #include "bitdistill/autodiff/gemm.hpp"
 #include "bitdistill/autodiff/tape.hpp"
@@ -264,6 +265,49 @@ inline Var transpose(Tape& tape, Var x) {
     tape.node(y).integers[0] = rows;
     tape.node(y).integers[1] = cols;
     transpose_forward(tape.value(x).data(), rows, cols, tape.value(y).data());
+    return y;
+}
+
+// -------------------------------------------------------------------------- select_rows
+
+/// y[i] = x[rows[i]]. Shapes: x [n x width], rows `count` indices in [0, n), y [count x width].
+inline void select_rows_forward(const float* x, std::int64_t width, const std::int32_t* rows,
+                                std::int64_t count, float* y) {
+    for (std::int64_t i = 0; i < count; ++i)
+        std::copy(x + rows[i] * width, x + (rows[i] + 1) * width, y + i * width);
+}
+
+/// dx[rows[i]] += dy[i] for every i (a row selected twice adds up); dx is in add mode.
+inline void select_rows_backward(const float* dy, std::int64_t width, const std::int32_t* rows,
+                                 std::int64_t count, float* dx) {
+    for (std::int64_t i = 0; i < count; ++i) {
+        float* target = dx + rows[i] * width;
+        const float* g = dy + i * width;
+        for (std::int64_t j = 0; j < width; ++j) target[j] += g[j];
+    }
+}
+
+/// Selects rows of the 2-D view of x, for example the answer positions of a batch before
+/// the LM head. The indices are copied, so the span may go away after the call.
+/// Shapes: x [n x width], rows R indices in [0, n); the result is [R x width].
+inline Var select_rows(Tape& tape, Var x, std::span<const std::int32_t> rows) {
+    const Shape shape = tape.shape(x);
+    const std::int64_t n = shape.rows();
+    const std::int64_t width = shape.cols();
+    const auto count = static_cast<std::int64_t>(rows.size());
+    for (std::int64_t i = 0; i < count; ++i)
+        BITDISTILL_REQUIRE(rows[i] >= 0 && rows[i] < n, "select_rows: row ", rows[i], " at position ", i,
+                           " is outside [0, ", n, ") of a ", shape.to_string(), " tensor");
+    Var y = tape.record(Shape{count, width}, [](Tape& t, std::int32_t self) {
+        float* dx = t.gradient_accumulator(t.node(self).inputs[0]);
+        const Node& node = t.node(self);
+        if (dx != nullptr)
+            select_rows_backward(node.grad, node.integers[1], node.saved_ids.data(), node.integers[0], dx);
+    }, {x});
+    tape.node(y).integers = {count, width};
+    std::int32_t* saved_rows = tape.saved_ids(y, count);
+    std::copy(rows.begin(), rows.end(), saved_rows);
+    select_rows_forward(tape.value(x).data(), width, saved_rows, count, tape.value(y).data());
     return y;
 }
 

@@ -100,6 +100,16 @@ public:
     autodiff::Var forward(autodiff::Tape& tape, std::span<const std::int32_t> tokens,
                           std::int64_t batch, std::int64_t seq_len,
                           std::span<const std::uint8_t> mask = {}) {
+        return lm_head(tape, forward_hidden(tape, tokens, batch, seq_len, mask));
+    }
+
+    /// Runs the model up to and including the final norm and returns the hidden states
+    /// [batch*seq_len x dim]; the arguments are those of forward(). Together with
+    /// autodiff::select_rows and lm_head() this computes logits at chosen positions only
+    /// (the LM head is the largest product of a small model with a large vocabulary).
+    autodiff::Var forward_hidden(autodiff::Tape& tape, std::span<const std::int32_t> tokens,
+                                 std::int64_t batch, std::int64_t seq_len,
+                                 std::span<const std::uint8_t> mask = {}) {
         using namespace autodiff;
         BITDISTILL_REQUIRE(batch > 0 && seq_len > 0, "DecoderModel::forward: batch ", batch,
                            " and seq_len ", seq_len, " must be positive");
@@ -113,13 +123,18 @@ public:
                               batch * seq_len, " tokens");
 
         const BatchLayout layout{batch, seq_len, mask};
-        Var table = embedding_.on(tape);
-        Var x = embedding(tape, table, tokens);
+        Var x = embedding(tape, embedding_.on(tape), tokens);
         for (DecoderBlock& block : blocks_) x = block.forward(tape, x, layout);
-        Var normed = rmsnorm(tape, x, final_norm_.on(tape), config_.norm_eps);
-        // A tied head reuses the embedding leaf, so both uses add into one gradient.
-        Var head = config_.tied_embeddings ? table : lm_head_.on(tape);
-        return linear(tape, normed, head);
+        return rmsnorm(tape, x, final_norm_.on(tape), config_.norm_eps);
+    }
+
+    /// Logits hidden Whead^T (Whead = the embedding table when tied).
+    /// Shapes: hidden [rows x dim]; the result is [rows x vocab_size].
+    autodiff::Var lm_head(autodiff::Tape& tape, autodiff::Var hidden) {
+        // A tied head records the embedding table as a second leaf on the same gradient
+        // tensor, so the lookup and the head add into one gradient.
+        const autodiff::Var head = config_.tied_embeddings ? embedding_.on(tape) : lm_head_.on(tape);
+        return autodiff::linear(tape, hidden, head);
     }
 
     /// Q, K and V of layer `layer` from the last forward call, valid until that tape is
