@@ -8,6 +8,19 @@
 // The seven projections of every block (q, k, v, o, gate, up, down) run in float or as
 // BitLinear and can be switched at run time. Embeddings, the LM head, the norms and the
 // attention products stay in float.
+//
+// One training step:
+//
+//   nn::DecoderModel model(weights);              // or nn::random_decoder_weights(config, seed)
+//   model.set_projection_mode(nn::ProjectionMode::ternary);
+//   AdamW optimizer(model.parameters());
+//   autodiff::Tape tape;                          // kept across steps: it reuses its buffers
+//   tape.reset();
+//   autodiff::Var logits = model.forward(tape, tokens, batch, seq_len, mask);
+//   autodiff::Var loss = autodiff::cross_entropy(tape, logits, targets);
+//   model.zero_grad();
+//   tape.backward(loss);
+//   optimizer.step(learning_rate);
 #pragma once
 
 #include <cstdint>
