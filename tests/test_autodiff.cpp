@@ -6,6 +6,7 @@
 #include <bitdistill/autodiff/ops_attention.hpp>
 #include <bitdistill/autodiff/ops_basic.hpp>
 #include <bitdistill/autodiff/ops_embedding.hpp>
+#include <bitdistill/autodiff/ops_heads.hpp>
 #include <bitdistill/autodiff/ops_loss.hpp>
 #include <bitdistill/autodiff/ops_norm.hpp>
 #include <bitdistill/autodiff/ops_rope.hpp>
@@ -144,6 +145,27 @@ TEST_CASE("gemm kernels match a naive product") {
                     }
     }
     force_isa(best);
+}
+
+TEST_CASE("split and merge of heads") {
+    const HeadLayout layout{2, 3, 4, 5};
+    const Tensor<float> x = random_tensor(Shape{6, 20}, 64);
+    Tape tape;
+    Var heads = split_heads(tape, tape.constant(x.view()), layout);
+    CHECK(tape.shape(heads) == Shape{24, 5});
+    // Token 2 of sequence 1, head 3, element 4 sits in row (1 * 4 + 3) * 3 + 2 = 23.
+    CHECK(tape.value(heads)(23, 4) == x(5, 19));
+    CHECK(tape.value(heads)(3, 0) == x(0, 5));
+    Var back = merge_heads(tape, heads, layout);
+    for (std::int64_t i = 0; i < x.numel(); ++i) CHECK(tape.value(back)[i] == x[i]);
+}
+
+TEST_CASE("split and merge gradients") {
+    const HeadLayout layout{2, 3, 2, 4};
+    std::vector<Leaf> leaves{{"tokens", random_tensor(Shape{6, 8}, 65)}, {"heads", random_tensor(Shape{12, 4}, 66)}};
+    require_gradients(leaves, [layout](Tape& t, const std::vector<Var>& v) {
+        return add(t, multiply(t, split_heads(t, v[0], layout), v[1]), split_heads(t, merge_heads(t, v[1], layout), layout));
+    });
 }
 
 TEST_CASE("silu and swiglu gradients") {

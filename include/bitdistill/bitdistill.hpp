@@ -8,6 +8,7 @@
 #include "bitdistill/autodiff/ops_attention.hpp"
 #include "bitdistill/autodiff/ops_basic.hpp"
 #include "bitdistill/autodiff/ops_embedding.hpp"
+#include "bitdistill/autodiff/ops_heads.hpp"
 #include "bitdistill/autodiff/ops_loss.hpp"
 #include "bitdistill/autodiff/ops_norm.hpp"
 #include "bitdistill/autodiff/ops_quant.hpp"
