@@ -229,6 +229,27 @@ TEST_CASE("SubLN insertion adds unit gains and changes the output") {
     CHECK(exported.layers[0].ffn_subln.numel() == 12);
 }
 
+TEST_CASE("all-norms insertion adds four gains per block") {
+    DecoderModel model(random_decoder_weights(tiny_config(), 11));
+    const std::size_t count_before = model.parameters().size();
+    model.insert_subln(true);
+    CHECK(model.config().subln);
+    CHECK(model.config().all_norms);
+    const std::vector<ParamRef> params = model.parameters();
+    CHECK(params.size() == count_before + 4 * 2);
+    const DecoderWeights exported = model.export_weights();
+    CHECK(exported.layers[1].qkv_norm.numel() == 8);
+    CHECK(exported.layers[1].gate_up_norm.numel() == 8);
+    // The exported weights rebuild the same model.
+    DecoderModel rebuilt(exported);
+    const std::vector<std::int32_t> tokens{1, 2, 3, 4};
+    Tape a;
+    Tape b;
+    auto la = a.value(model.forward(a, tokens, 1, 4));
+    auto lb = b.value(rebuilt.forward(b, tokens, 1, 4));
+    for (std::int64_t i = 0; i < la.numel(); ++i) CHECK(la[i] == lb[i]);
+}
+
 TEST_CASE("attention states have the documented shapes") {
     DecoderConfig config = tiny_config();
     config.qk_norm = true;

@@ -88,6 +88,13 @@ public:
         config_.subln = true;
     }
 
+    /// Inserts the all-norms RMSNorm on the input of q/k/v with unit gains, unless it is
+    /// already there.
+    void insert_qkv_norm() {
+        if (qkv_norm_.empty()) qkv_norm_ = detail::unit_gain(prefix_ + "qkv_norm", config_.dim);
+        config_.all_norms = true;
+    }
+
     void set_projection_mode(ProjectionMode mode, const BitLinearOptions& options) {
         for (Projection* p : {&wq_, &wk_, &wv_, &wo_}) p->set_mode(mode, options);
     }

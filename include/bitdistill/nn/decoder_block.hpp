@@ -42,11 +42,17 @@ public:
     /// Q, K and V of the last forward call; see AttentionStates.
     [[nodiscard]] const AttentionStates& attention_states() const noexcept { return attention_.states(); }
 
-    /// Inserts SubLN (unit gains, eps config.subln_eps) before o_proj and down_proj.
-    void insert_subln() {
+    /// Inserts SubLN (unit gains, eps config.subln_eps) before o_proj and down_proj, and
+    /// with `all_norms` also the RMSNorm on the input of q/k/v and of gate/up.
+    void insert_subln(bool all_norms = false) {
         attention_.insert_subln();
         feed_forward_.insert_subln();
         config_.subln = true;
+        if (all_norms) {
+            attention_.insert_qkv_norm();
+            feed_forward_.insert_gate_up_norm();
+            config_.all_norms = true;
+        }
     }
 
     /// Switches all seven projections (q, k, v, o, gate, up, down).

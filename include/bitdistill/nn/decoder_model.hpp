@@ -169,12 +169,14 @@ public:
     [[nodiscard]] const BitLinearOptions& bitlinear_options() const noexcept { return bitlinear_options_; }
 
     /// Inserts SubLN (RMSNorm with unit gains, eps config.subln_eps) before o_proj and
-    /// down_proj of every block that lacks it, and sets config().subln. This changes the
-    /// function of a trained model. Call parameters() again afterwards: the new gains are
-    /// parameters.
-    void insert_subln() {
-        for (DecoderBlock& block : blocks_) block.insert_subln();
+    /// down_proj of every block that lacks it, and sets config().subln. With `all_norms`
+    /// it also inserts the RMSNorm on the input of q/k/v and of gate/up (the authors'
+    /// "allnorm" configs) and sets config().all_norms. This changes the function of a
+    /// trained model. Call parameters() again afterwards: the new gains are parameters.
+    void insert_subln(bool all_norms = false) {
+        for (DecoderBlock& block : blocks_) block.insert_subln(all_norms);
         config_.subln = true;
+        if (all_norms) config_.all_norms = true;
     }
 
     /// Calls f(Parameter&) for every parameter, in a fixed order: embedding, the blocks in

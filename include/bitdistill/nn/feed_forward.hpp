@@ -54,6 +54,13 @@ public:
         config_.subln = true;
     }
 
+    /// Inserts the all-norms RMSNorm on the input of gate/up with unit gains, unless it is
+    /// already there.
+    void insert_gate_up_norm() {
+        if (gate_up_norm_.empty()) gate_up_norm_ = detail::unit_gain(prefix_ + "gate_up_norm", config_.dim);
+        config_.all_norms = true;
+    }
+
     void set_projection_mode(ProjectionMode mode, const BitLinearOptions& options) {
         for (Projection* p : {&w_gate_, &w_up_, &w_down_}) p->set_mode(mode, options);
     }
