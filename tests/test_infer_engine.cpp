@@ -181,7 +181,7 @@ private:
         }
     }
 
-    /// y = W x with x as the kernel sees it.
+    /// y = W x, with x rounded or quantized as the kernel receives it.
     static std::vector<float> project(const Tensor<float>& w, std::vector<float> x, ProjectionEncoding encoding) {
         if (encoding == ProjectionEncoding::bf16) {
             for (float& value : x) value = to_float(to_bfloat16(value));
@@ -257,7 +257,7 @@ const std::map<std::string, InferenceFormat> formats = {
 
 /// Tolerance of the engine against the reference, relative to the largest logit. fp32
 /// differs by summation order only. With bf16 or int8 inputs, such a difference can round an
-/// activation to the neighbouring bf16 value or int8 code; measured errors stay below 3e-3
+/// activation to the neighbouring bf16 value or int8 code. Measured errors stay below 3e-3
 /// for bf16 and 2e-3 for ternary, while a wrong block gives errors of order 1.
 double tolerance(const InferenceFormat& format) {
     if (format.projections == ProjectionEncoding::fp32 && format.embeddings == ProjectionEncoding::fp32) return 2e-5;

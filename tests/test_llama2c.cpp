@@ -34,7 +34,7 @@ std::string read_text(const fs::path& path) {
     return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-/// The numbers of the first JSON array that follows `"key":`, nested arrays flattened.
+/// Returns the numbers of the first JSON array after `"key":`, nested arrays flattened.
 std::vector<double> json_numbers(const std::string& json, const std::string& key) {
     const std::size_t at = json.find("\"" + key + "\"");
     REQUIRE_MESSAGE(at != std::string::npos, "key ", key, " not found in the golden file");
@@ -265,7 +265,7 @@ TEST_CASE("llama2c rejects damaged checkpoints") {
     }
     SUBCASE("header flip that changes the implied size") {
         // n_layers 5 -> 6 is a valid header, but the file is then one layer too short; a
-        // negative vocab (untied classifier) asks for one more table.
+        // negative vocab (untied classifier) requires one more table.
         for (const auto& [field, value] : {std::pair{2, 6}, std::pair{5, -512}}) {
             CheckpointCopy copy("size" + std::to_string(field));
             copy.write_int32(4 * field, value);
