@@ -1,5 +1,5 @@
-// Element encodings. An encoding is a tag type that says how the elements of an encoded
-// tensor are stored and at which granularity their float scales apply; the pair of
+// Element encodings. An encoding is a tag type that names how the elements of an encoded
+// tensor are stored and at which granularity their float scales apply. The pair of
 // encodings of a product selects its kernel at compile time (see expr/).
 #pragma once
 
@@ -8,8 +8,8 @@
 
 namespace bitdistill {
 
-/// Where a scale applies: one for the whole tensor, one per output row of a weight
-/// matrix, or one per token (row) of an activation matrix.
+/// Scope of a float scale: the whole tensor, one output row of a weight matrix, or one
+/// token (row) of an activation matrix.
 enum class Granularity { per_tensor, per_row, per_token };
 
 /// Plain 32-bit floats, no scale.

@@ -24,8 +24,8 @@ inline std::atomic<int>& thread_count_slot() {
 }
 }  // namespace detail
 
-/// Threads used by kernels and layers. Defaults to 1, so results and timings do not
-/// depend on the machine unless the caller asks.
+/// Returns the thread count of kernels and layers. It defaults to 1, so results and
+/// timings do not depend on the machine unless the caller sets another count.
 [[nodiscard]] inline int num_threads() {
     return detail::thread_count_slot().load(std::memory_order_relaxed);
 }
@@ -38,7 +38,7 @@ inline void set_num_threads(int count) {
 
 /// Calls `body(first, last)` on disjoint chunks covering [0, count), each chunk a multiple
 /// of `grain` long except the last. Runs serially when one thread is set or the range
-/// holds at most one grain.
+/// contains at most one grain.
 template <class Body>
 void parallel_for(std::int64_t count, std::int64_t grain, Body&& body) {
     if (count <= 0) return;
