@@ -2,6 +2,8 @@
 // stages, stage 3 wiring and the evaluation figures.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -125,6 +127,40 @@ TEST_CASE("inject_gradient passes its tensor to the input") {
     const autodiff::Var y = autodiff::scale(tape, x, 2.0f);
     tape.backward(inject_gradient(tape, y, injected.view()));
     for (int i = 0; i < 6; ++i) CHECK(grad[i] == 2.0f * injected[i]);
+}
+
+TEST_CASE("cross-entropy step on the answer rows matches the full LM head") {
+    const auto rows = synthetic_rows(6, 5);
+    std::vector<std::int64_t> indices(rows.size());
+    for (std::size_t i = 0; i < indices.size(); ++i) indices[i] = static_cast<std::int64_t>(i);
+    const TokenBatch batch = make_classification_batch(rows, indices, pad);
+    REQUIRE(2 * batch.target_count <= static_cast<std::int64_t>(batch.targets.size()));
+    nn::DecoderModel compact(nn::random_decoder_weights(tiny_config(), 8));
+    nn::DecoderModel full(nn::random_decoder_weights(tiny_config(), 8));
+
+    autodiff::Tape tape;
+    pipeline::detail::CrossEntropyBuffers buffers;
+    const float compact_loss = pipeline::detail::cross_entropy_step(compact, tape, batch, buffers).loss;
+    CHECK(buffers.rows.size() == static_cast<std::size_t>(batch.target_count));
+
+    autodiff::Tape full_tape;
+    const autodiff::Var logits = full.forward(full_tape, batch.tokens, batch.batch, batch.seq);
+    Tensor<float> grad(full_tape.shape(logits));
+    const float full_loss = cross_entropy(full_tape.value(logits), batch.targets, grad.view());
+    full_tape.backward(logits, grad.view());
+
+    CHECK(compact_loss == doctest::Approx(full_loss).epsilon(1e-6));
+    std::vector<const Tensor<float>*> compact_grads, full_grads;
+    compact.for_each_parameter([&](nn::Parameter& p) { compact_grads.push_back(&p.grad); });
+    full.for_each_parameter([&](nn::Parameter& p) { full_grads.push_back(&p.grad); });
+    REQUIRE(compact_grads.size() == full_grads.size());
+    for (std::size_t i = 0; i < full_grads.size(); ++i) {
+        float largest = 0.0f;
+        for (std::int64_t k = 0; k < full_grads[i]->numel(); ++k) largest = std::max(largest, std::abs((*full_grads[i])[k]));
+        REQUIRE(largest > 0.0f);
+        for (std::int64_t k = 0; k < full_grads[i]->numel(); ++k)
+            CHECK(std::abs((*compact_grads[i])[k] - (*full_grads[i])[k]) <= 1e-5f * largest);
+    }
 }
 
 TEST_CASE("fine_tune resumes bit for bit") {

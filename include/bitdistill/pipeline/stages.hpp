@@ -61,13 +61,44 @@ namespace bitdistill::pipeline {
 
 namespace detail {
 
+/// Collects the rows of `batch` that have a target, and those targets, in row order.
+inline void target_rows(const TokenBatch& batch, std::vector<std::int32_t>& rows, std::vector<std::int32_t>& targets) {
+    rows.clear();
+    targets.clear();
+    for (std::size_t row = 0; row < batch.targets.size(); ++row) {
+        if (batch.targets[row] == ignored_target) continue;
+        rows.push_back(static_cast<std::int32_t>(row));
+        targets.push_back(batch.targets[row]);
+    }
+}
+
+/// Buffers of cross_entropy_step, kept between steps so that a warmed-up step reuses them.
+struct CrossEntropyBuffers {
+    Tensor<float> grad_logits;
+    std::vector<std::int32_t> rows;     ///< rows with a target, when the batch is sparse
+    std::vector<std::int32_t> targets;  ///< their targets, in the same order
+};
+
 /// Records the forward pass, takes cross-entropy over the batch targets and runs backward.
+/// When at most half of the rows have a target (classification batches, where only the
+/// answer rows do), the LM head runs on those rows only: the loss and the gradients are
+/// those of the full product, because ignored rows contribute nothing to either.
 inline StepLoss cross_entropy_step(nn::DecoderModel& model, autodiff::Tape& tape, const TokenBatch& batch,
-                                   Tensor<float>& grad_logits) {
-    const autodiff::Var logits = model.forward(tape, batch.tokens, batch.batch, batch.seq);
-    grad_logits.resize_zero(tape.shape(logits));
-    const float loss = cross_entropy(tape.value(logits), batch.targets, grad_logits.view());
-    tape.backward(logits, grad_logits.view());
+                                   CrossEntropyBuffers& buffers) {
+    const auto all_rows = static_cast<std::int64_t>(batch.targets.size());
+    autodiff::Var logits;
+    std::span<const std::int32_t> targets = batch.targets;
+    if (2 * batch.target_count <= all_rows) {
+        target_rows(batch, buffers.rows, buffers.targets);
+        const autodiff::Var hidden = model.forward_hidden(tape, batch.tokens, batch.batch, batch.seq);
+        logits = model.lm_head(tape, autodiff::select_rows(tape, hidden, buffers.rows));
+        targets = buffers.targets;
+    } else {
+        logits = model.forward(tape, batch.tokens, batch.batch, batch.seq);
+    }
+    buffers.grad_logits.resize_zero(tape.shape(logits));
+    const float loss = cross_entropy(tape.value(logits), targets, buffers.grad_logits.view());
+    tape.backward(logits, buffers.grad_logits.view());
     return {loss, {{"ce", loss}}};
 }
 
@@ -88,10 +119,10 @@ inline StepLoss cross_entropy_step(nn::DecoderModel& model, autodiff::Tape& tape
                                            const std::string& stage = "pretrain") {
     nn::DecoderModel model(initial);
     model.set_projection_mode(mode);
-    Tensor<float> grad_logits;
+    detail::CrossEntropyBuffers buffers;
     return run_training_stage(stage, model, corpus, settings, control, detail::hash_text("next-token"),
                               [&](autodiff::Tape& tape, const TokenBatch& batch, std::int64_t) {
-                                  return detail::cross_entropy_step(model, tape, batch, grad_logits);
+                                  return detail::cross_entropy_step(model, tape, batch, buffers);
                               });
 }
 
@@ -110,10 +141,10 @@ inline StepLoss cross_entropy_step(nn::DecoderModel& model, autodiff::Tape& tape
                                             const RunControl& control, const std::string& stage) {
     nn::DecoderModel model(initial);
     model.set_projection_mode(mode);
-    Tensor<float> grad_logits;
+    detail::CrossEntropyBuffers buffers;
     return run_training_stage(stage, model, task, settings, control, detail::hash_text("answer-ce"),
                               [&](autodiff::Tape& tape, const TokenBatch& batch, std::int64_t) {
-                                  return detail::cross_entropy_step(model, tape, batch, grad_logits);
+                                  return detail::cross_entropy_step(model, tape, batch, buffers);
                               });
 }
 
@@ -244,31 +275,50 @@ struct DistillationSettings {
     AttentionRelationWorkspace workspace;
     Tensor<float> grad_logits, grad_ld, grad_q, grad_k, grad_v;
     std::vector<std::uint8_t> distill_mask;
+    std::vector<std::int32_t> target_rows, compact_targets;
 
     return run_training_stage(
         stage, model, task, settings, control, detail::hash_text(key.str()),
         [&](autodiff::Tape& tape, const TokenBatch& batch, std::int64_t) {
             using autodiff::Var;
             teacher_tape.reset();
-            const Var teacher_logits = teacher_model.forward(teacher_tape, batch.tokens, batch.batch, batch.seq);
-            const Var logits = model.forward(tape, batch.tokens, batch.batch, batch.seq);
+            // Every loss but L_LD over all tokens reads the target rows only, so the LM
+            // heads then run on those rows (see detail::cross_entropy_step).
+            const bool compact = !(distillation.use_logits && distillation.positions == DistillPositions::all_tokens);
+            std::span<const std::int32_t> targets = batch.targets;
+            Var teacher_logits, logits;
+            if (compact) {
+                detail::target_rows(batch, target_rows, compact_targets);
+                targets = compact_targets;
+                if (distillation.use_logits)
+                    teacher_logits = teacher_model.lm_head(
+                        teacher_tape, autodiff::select_rows(teacher_tape,
+                                                            teacher_model.forward_hidden(teacher_tape, batch.tokens,
+                                                                                         batch.batch, batch.seq),
+                                                            target_rows));
+                else
+                    (void)teacher_model.forward_hidden(teacher_tape, batch.tokens, batch.batch, batch.seq);
+                logits = model.lm_head(
+                    tape, autodiff::select_rows(tape, model.forward_hidden(tape, batch.tokens, batch.batch, batch.seq),
+                                                target_rows));
+            } else {
+                teacher_logits = teacher_model.forward(teacher_tape, batch.tokens, batch.batch, batch.seq);
+                logits = model.forward(tape, batch.tokens, batch.batch, batch.seq);
+            }
 
             // CE on the answer tokens.
             grad_logits.resize_zero(tape.shape(logits));
-            const float ce = cross_entropy(tape.value(logits), batch.targets, grad_logits.view());
+            const float ce = cross_entropy(tape.value(logits), targets, grad_logits.view());
             StepLoss loss;
             loss.loss = ce;
             loss.terms.emplace_back("ce", ce);
 
             // lambda * L_LD, its gradient added to the CE gradient of the logits.
             if (distillation.use_logits) {
-                if (distillation.positions == DistillPositions::all_tokens) {
+                if (compact)
+                    distill_mask.assign(targets.size(), 1);
+                else
                     distill_mask = batch.mask;
-                } else {
-                    distill_mask.assign(batch.mask.size(), 0);
-                    for (std::size_t row = 0; row < batch.targets.size(); ++row)
-                        distill_mask[row] = batch.targets[row] != ignored_target ? 1 : 0;
-                }
                 grad_ld.resize_zero(tape.shape(logits));
                 const float ld = logits_distillation(teacher_tape.value(teacher_logits), tape.value(logits),
                                                      distillation.temperature, distill_mask, grad_ld.view());
