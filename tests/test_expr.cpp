@@ -7,6 +7,7 @@
 #include <bitdistill/quant/quantize_int8.hpp>
 #include <bitdistill/quant/quantize_ternary.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -110,6 +111,27 @@ TEST_CASE("unary maps match the standard library") {
             REQUIRE(close(logs[i], std::log(std::fabs(a[i]) + 0.5f)));
             REQUIRE(negated[i] == -a[i]);
         }
+    }
+}
+
+TEST_CASE("exp_shifted matches std::exp and sums the row") {
+    std::mt19937 rng(21);
+    std::normal_distribution<float> normal(0.0f, 4.0f);
+    for (std::int64_t n : {1, 3, 8, 15, 16, 17, 63, 4096, 4099}) {
+        std::vector<float> z(static_cast<std::size_t>(n));
+        for (float& value : z) value = normal(rng);
+        const float shift = *std::max_element(z.begin(), z.end());
+        std::vector<float> out(z.size(), -1.0f);
+        const double sum = bitdistill::expr::exp_shifted(z.data(), shift, out.data(), n);
+        double expected_sum = 0.0;
+        for (std::size_t j = 0; j < z.size(); ++j) {
+            const float expected = std::exp(z[j] - shift);
+            expected_sum += expected;
+            CHECK(out[j] == doctest::Approx(expected).epsilon(1e-6));
+        }
+        CHECK(sum == doctest::Approx(expected_sum).epsilon(1e-6));
+        CHECK(sum >= 1.0);
+        CHECK(bitdistill::expr::exp_shifted(z.data(), shift, nullptr, n) == sum);
     }
 }
 

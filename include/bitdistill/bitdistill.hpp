@@ -23,6 +23,7 @@
 #include "bitdistill/expr/elementwise.hpp"
 #include "bitdistill/expr/matmul.hpp"
 #include "bitdistill/expr/reduce.hpp"
+#include "bitdistill/expr/row_exp.hpp"
 #include "bitdistill/infer/linear.hpp"
 #include "bitdistill/infer/model.hpp"
 #include "bitdistill/infer/ops.hpp"

@@ -11,6 +11,7 @@
 #include "bitdistill/core/error.hpp"
 #include "bitdistill/core/parallel.hpp"
 #include "bitdistill/core/tensor.hpp"
+#include "bitdistill/expr/row_exp.hpp"
 
 namespace bitdistill {
 
@@ -76,18 +77,19 @@ inline float cross_entropy(TensorView<const float> logits,
 
             // Shift by the row maximum: every exponent is then <= 0, so exp cannot overflow.
             const float max_logit = *std::max_element(z, z + vocab);
-            double sum_exp = 0.0;
-            for (std::int64_t j = 0; j < vocab; ++j) sum_exp += std::exp(z[j] - max_logit);
+            const float target_logit = z[target];
+            // The gradient row (which may be z itself) first receives exp(z - max), then is
+            // scaled in place.
+            const double sum_exp = expr::exp_shifted(z, max_logit, dz, vocab);
             const double log_sum_exp = std::log(sum_exp);
 
             // -log softmax(z)[t] = log sum exp(z - max) - (z[t] - max)
-            chunk_total += log_sum_exp - static_cast<double>(z[target] - max_logit);
+            chunk_total += log_sum_exp - static_cast<double>(target_logit - max_logit);
 
             if (dz != nullptr) {
                 // d/dz_j = (softmax(z)_j - [j == t]) / count
-                const float inverse_sum = static_cast<float>(1.0 / sum_exp);
-                for (std::int64_t j = 0; j < vocab; ++j)
-                    dz[j] = std::exp(z[j] - max_logit) * inverse_sum * inverse_count;
+                const float factor = static_cast<float>(1.0 / sum_exp) * inverse_count;
+                for (std::int64_t j = 0; j < vocab; ++j) dz[j] *= factor;
                 dz[target] -= inverse_count;
             }
         }
