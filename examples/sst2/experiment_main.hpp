@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -48,6 +49,37 @@ struct CommandLine {
     std::vector<std::string> methods = {"fp_sft", "bitnet_sft", "bitdistill"};
 };
 
+/// "5e-04,1e-03": a learning-rate grid as the options take it.
+inline std::string format_grid(const std::vector<float>& grid) {
+    std::string text;
+    for (float rate : grid) {
+        char buffer[32];
+        std::snprintf(buffer, sizeof buffer, "%s%g", text.empty() ? "" : ",", static_cast<double>(rate));
+        text += buffer;
+    }
+    return text;
+}
+
+/// Parses a comma-separated list of positive learning rates named by `option`.
+inline std::vector<float> parse_grid(const std::string& option, const std::string& list) {
+    std::vector<float> grid;
+    std::istringstream in(list);
+    for (std::string item; std::getline(in, item, ',');) {
+        std::size_t used = 0;
+        float rate = 0.0f;
+        try {
+            rate = std::stof(item, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (used != item.size() || !(rate > 0.0f) || !std::isfinite(rate))
+            throw std::invalid_argument(option + " takes positive numbers separated by commas, got '" + item + "'");
+        grid.push_back(rate);
+    }
+    if (grid.empty()) throw std::invalid_argument(option + " needs at least one rate");
+    return grid;
+}
+
 inline void print_usage(const char* program, const ExperimentConfig& defaults) {
     std::printf(
         "Usage: %s [options]\n"
@@ -82,12 +114,20 @@ inline void print_usage(const char* program, const ExperimentConfig& defaults) {
         "  --distill-layer N      distilled layer (default: floor(0.8 * layers))\n"
         "  --relation cosine|scaled_dot\n"
         "                         attention relation variant (default cosine)\n"
-        "  --lambda X | --gamma X weights of the logits and attention terms (default 10, 1e5)\n",
+        "  --lambda X | --gamma X weights of the logits and attention terms (default 10, 1e5)\n"
+        "  --distill-positions answers|all\n"
+        "                         positions of the logits distillation (default %s)\n"
+        "  --float-lr LIST | --ternary-lr LIST\n"
+        "                         comma-separated learning-rate grids of the float and the\n"
+        "                         ternary fine-tuning, of equal length (default %s and %s)\n"
+        "  --validation-rows N    training rows held out to pick the rate (default %lld)\n",
         program, defaults.figure_name.c_str(), defaults.eval_tsv.string().c_str(),
         defaults.train_tsv.string().c_str(), defaults.train_tsv.parent_path().parent_path().string().c_str(),
         defaults.output_dir.string().c_str(), defaults.work_dir.string().c_str(), defaults.threads,
         static_cast<unsigned long long>(defaults.seed), defaults.pretrain.epochs, defaults.fp_sft.epochs,
-        defaults.stage2.epochs);
+        defaults.stage2.epochs, defaults.distillation.positions == DistillPositions::answers ? "answers" : "all",
+        format_grid(defaults.float_lr_grid).c_str(), format_grid(defaults.ternary_lr_grid).c_str(),
+        static_cast<long long>(defaults.validation_rows));
 }
 
 /// Parses argv into `config` and `command`. Returns false after printing the usage.
@@ -172,10 +212,28 @@ inline bool parse_command_line(int argc, char** argv, ExperimentConfig& config, 
             config.distillation.logits_weight = std::stof(value(i));
         } else if (option == "--gamma") {
             config.distillation.attention_weight = std::stof(value(i));
+        } else if (option == "--distill-positions") {
+            const std::string positions = value(i);
+            if (positions == "answers")
+                config.distillation.positions = DistillPositions::answers;
+            else if (positions == "all")
+                config.distillation.positions = DistillPositions::all_tokens;
+            else
+                throw std::invalid_argument("--distill-positions must be answers or all, got '" + positions + "'");
+        } else if (option == "--float-lr") {
+            config.float_lr_grid = parse_grid(option, value(i));
+        } else if (option == "--ternary-lr") {
+            config.ternary_lr_grid = parse_grid(option, value(i));
+        } else if (option == "--validation-rows") {
+            config.validation_rows = std::stoll(value(i));
         } else {
             throw std::invalid_argument("unknown option '" + option + "'; run with --help for the list");
         }
     }
+    if (config.float_lr_grid.size() != config.ternary_lr_grid.size())
+        throw std::invalid_argument(bitdistill::detail::concat("--float-lr has ", config.float_lr_grid.size(),
+                                                               " rates and --ternary-lr ", config.ternary_lr_grid.size(),
+                                                               "; each method gets a grid of the same length"));
     if (!data_dir.empty()) {
         const auto rebase = [&](const std::filesystem::path& path) {
             return data_dir / path.parent_path().filename() / path.filename();

@@ -1,11 +1,5 @@
-// Vectorised exponentials of one row, the inner loop of softmax-based losses.
-//
-// exp_shifted(z, shift, out, n) sets out[j] = exp(z[j] - shift) and returns the sum of those
-// values. With shift = max z every exponent is <= 0, so nothing overflows, and the sum is
-// at least 1. Batches use xsimd's exp of the default architecture (see simd.hpp); the tail
-// and the BITDISTILL_NO_SIMD build use std::exp. Each batch lane keeps its own float partial
-// sum and the lanes are added in double at the end, so the result depends on the SIMD width
-// in its last bits only.
+// Vectorised exponentials of one row, the inner loop of softmax-based losses. Each SIMD lane
+// keeps a float partial sum, so the sum depends on the SIMD width in its last bits.
 #pragma once
 
 #include <cmath>
@@ -15,8 +9,8 @@
 
 namespace bitdistill::inline BITDISTILL_EXPR_ABI::expr {
 
-/// out[j] = exp(z[j] - shift) for j in [0, n); returns their sum. `out` may be null, in
-/// which case only the sum is computed.
+/// Writes exp(z[j] - shift) to out[j] for j in [0, n) and returns the sum of those values.
+/// With shift = max z nothing overflows and the sum is at least 1. A null `out` skips the writes.
 inline double exp_shifted(const float* z, float shift, float* out, std::int64_t n) noexcept {
     std::int64_t j = 0;
     double sum = 0.0;
