@@ -35,7 +35,7 @@ ExperimentConfig default_config() {
     config.max_tokens = 96;
     config.lm_window = 64;
 
-    config.pretrain.epochs = 1.0;
+    config.pretrain.epochs = 1.5;
     config.pretrain.batch_size = 32;
     config.pretrain.peak_lr = 2e-3f;
     config.fp_sft.epochs = 3.0;
@@ -48,7 +48,7 @@ ExperimentConfig default_config() {
     // all positions, both LM heads would run on every token and stage 3 would cost about
     // twice as much.
     config.distillation.positions = DistillPositions::answers;
-    config.float_lr_grid = {5e-4f};
+    config.float_lr_grid = {2.5e-4f};
     config.ternary_lr_grid = {2.5e-3f};
     config.engine_rows = 2000;
     return config;

@@ -34,7 +34,7 @@ ExperimentConfig default_config() {
     config.max_tokens = 64;
     config.lm_window = 64;
 
-    config.pretrain.epochs = 1.0;
+    config.pretrain.epochs = 1.5;
     config.pretrain.batch_size = 32;
     config.pretrain.peak_lr = 2e-3f;
     config.fp_sft.epochs = 1.0;
@@ -47,13 +47,13 @@ ExperimentConfig default_config() {
     // all positions, both LM heads would run on every token and stage 3 would cost about
     // twice as much.
     config.distillation.positions = DistillPositions::answers;
-    config.float_lr_grid = {5e-4f};
+    config.float_lr_grid = {2.5e-4f};
     config.ternary_lr_grid = {2.5e-3f};
     return config;
 }
 
-/// --full: a larger model, three times the epochs, and a 3-point grid per method chosen on
-/// 2,000 held-out training rows.
+/// --full: a larger model, twice the pre-training, three times the fine-tuning epochs and a
+/// 3-point grid per method chosen on 2,000 held-out training rows.
 void apply_full(ExperimentConfig& config) {
     config.model.dim = 256;
     config.model.hidden_dim = 704;
