@@ -129,7 +129,7 @@ TEST_CASE("inject_gradient passes its tensor to the input") {
     for (int i = 0; i < 6; ++i) CHECK(grad[i] == 2.0f * injected[i]);
 }
 
-TEST_CASE("cross-entropy step on the answer rows matches the full LM head") {
+TEST_CASE("compact cross-entropy matches the full head") {
     const auto rows = synthetic_rows(6, 5);
     std::vector<std::int64_t> indices(rows.size());
     for (std::size_t i = 0; i < indices.size(); ++i) indices[i] = static_cast<std::int64_t>(i);

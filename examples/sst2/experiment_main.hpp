@@ -49,7 +49,7 @@ struct CommandLine {
     std::vector<std::string> methods = {"fp_sft", "bitnet_sft", "bitdistill"};
 };
 
-/// "5e-04,1e-03": a learning-rate grid as the options take it.
+/// Formats a learning-rate grid as the options take it, for example "0.00025,0.0005".
 inline std::string format_grid(const std::vector<float>& grid) {
     std::string text;
     for (float rate : grid) {
