@@ -110,9 +110,12 @@ TEST_CASE("logits at selected rows") {
     Tape tape;
     Var selected = model.lm_head(tape, select_rows(tape, model.forward_hidden(tape, tokens, 2, 4), rows));
     REQUIRE(tape.shape(selected) == Shape{3, 11});
+    // Eigen's AVX2 kernel may order the sums differently for 3 rows than for 8, so the
+    // rows agree to rounding rather than bit for bit.
     for (std::size_t i = 0; i < rows.size(); ++i)
         for (std::int64_t j = 0; j < 11; ++j)
-            CHECK(tape.value(selected)(static_cast<std::int64_t>(i), j) == all_logits(rows[i], j));
+            CHECK(tape.value(selected)(static_cast<std::int64_t>(i), j) ==
+                  doctest::Approx(all_logits(rows[i], j)).epsilon(1e-5));
 
     auto loss_value = [&](bool with_backward) -> double {
         tape.reset();
