@@ -219,7 +219,7 @@ inline bool parse_command_line(int argc, char** argv, ExperimentConfig& config, 
             else if (positions == "all")
                 config.distillation.positions = DistillPositions::all_tokens;
             else
-                throw std::invalid_argument("--distill-positions must be answers or all, got '" + positions + "'");
+                throw std::invalid_argument("invalid --distill-positions '" + positions + "': use answers or all");
         } else if (option == "--float-lr") {
             config.float_lr_grid = parse_grid(option, value(i));
         } else if (option == "--ternary-lr") {

@@ -43,9 +43,8 @@ ExperimentConfig default_config() {
     config.stage2.epochs = 0.3;
     config.stage2.batch_size = 32;
     config.stage2.peak_lr = 2e-3f;
-    // The logits distillation compares the answer distributions, as for a classifier; with
-    // all positions, both LM heads would run on every token and stage 3 would cost about
-    // twice as much.
+    // Distil the logits at the label positions only, as for a classifier. Over all positions
+    // both LM heads run on every token, which roughly doubles the cost of stage 3.
     config.distillation.positions = DistillPositions::answers;
     config.float_lr_grid = {2.5e-4f};
     config.ternary_lr_grid = {2.5e-3f};

@@ -80,9 +80,9 @@ struct CrossEntropyBuffers {
 };
 
 /// Records the forward pass, takes cross-entropy over the batch targets and runs backward.
-/// When at most half of the rows have a target (classification batches, where only the
-/// answer rows do), the LM head runs on those rows only: the loss and the gradients are
-/// those of the full product, because ignored rows contribute nothing to either.
+/// When at most half of the rows have a target, as in classification batches, the LM head
+/// runs on those rows only. Loss and gradients equal the full product's, because ignored
+/// rows contribute nothing to either.
 inline StepLoss cross_entropy_step(nn::DecoderModel& model, autodiff::Tape& tape, const TokenBatch& batch,
                                    CrossEntropyBuffers& buffers) {
     const auto all_rows = static_cast<std::int64_t>(batch.targets.size());
