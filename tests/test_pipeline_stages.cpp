@@ -207,6 +207,18 @@ TEST_CASE("fine_tune resumes bit for bit") {
         const StageOutcome changed = fine_tune(initial, mode, task, other, control, "sft");
         CHECK_FALSE(changed.reused);
         CHECK_FALSE(same_weights(changed.weights, straight.weights));
+
+        // The completed checkpoint of the first settings was kept, and a run with those
+        // settings brings it back instead of training again.
+        REQUIRE_FALSE(changed.set_aside.empty());
+        CHECK(std::filesystem::exists(changed.set_aside));
+        CHECK(changed.set_aside.parent_path() == control.checkpoint_dir);
+        const StageOutcome restored = fine_tune(initial, mode, task, settings, control, "sft");
+        CHECK(restored.reused);
+        CHECK(same_weights(restored.weights, straight.weights));
+        CHECK_FALSE(std::filesystem::exists(changed.set_aside));
+        REQUIRE_FALSE(restored.set_aside.empty());
+        CHECK(std::filesystem::exists(restored.set_aside));
         std::filesystem::remove_all(control.checkpoint_dir);
         std::filesystem::remove_all(scratch_dir("straight"));
     }

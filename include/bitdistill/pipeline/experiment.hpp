@@ -152,6 +152,17 @@ struct ExperimentData {
     std::int64_t corpus_tokens = 0;
 };
 
+/// Checks before any training that the rows left for fine-tuning fill one batch and that
+/// the evaluation file has rows. Throws std::invalid_argument naming the file and the count.
+inline void check_row_counts(const ExperimentConfig& config, std::int64_t train_rows, std::int64_t eval_rows) {
+    const std::int64_t held_out = std::clamp<std::int64_t>(config.validation_rows, 0, train_rows / 2);
+    const std::int64_t batch = std::max(config.fp_sft.batch_size, config.ternary_sft.batch_size);
+    BITDISTILL_REQUIRE(train_rows - held_out >= batch, config.train_tsv.string(), ": ", train_rows - held_out,
+                       " rows are left for fine-tuning (", train_rows, " read, ", held_out,
+                       " held out for validation), fewer than one batch of ", batch);
+    BITDISTILL_REQUIRE(eval_rows > 0, config.eval_tsv.string(), ": the evaluation file has no data rows after its header");
+}
+
 /// Reads the files, trains or loads the tokenizer and encodes everything.
 [[nodiscard]] inline ExperimentData load_experiment_data(const ExperimentConfig& config, const LineSink& print) {
     ExperimentData data;
@@ -159,6 +170,7 @@ struct ExperimentData {
     if (config.train_limit > 0 && static_cast<std::int64_t>(train_rows.size()) > config.train_limit)
         train_rows.resize(static_cast<std::size_t>(config.train_limit));
     const std::vector<TextExample> eval_rows = read_glue_tsv(config.eval_tsv.string(), config.format);
+    check_row_counts(config, static_cast<std::int64_t>(train_rows.size()), static_cast<std::int64_t>(eval_rows.size()));
 
     std::vector<std::string> corpus;
     for (const auto& path : config.corpus_files) {
@@ -353,7 +365,9 @@ private:
         curves_.push_back(outcome.curve);
         print_(bitdistill::detail::concat("stage_done: ", outcome.stage, " steps: ", outcome.steps, " seconds: ",
                               fixed(outcome.seconds, 1), outcome.reused ? " (reused checkpoint)" : "",
-                              outcome.resumed ? " (resumed)" : ""));
+                              outcome.resumed ? " (resumed)" : "",
+                              outcome.set_aside.empty() ? "" : " (the checkpoint of other settings was kept as ",
+                              outcome.set_aside.string(), outcome.set_aside.empty() ? "" : ")"));
         return outcome;
     }
 

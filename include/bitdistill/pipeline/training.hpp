@@ -9,8 +9,11 @@
 // stage name, the seed and epoch that define the data order (the RNG state), the loss curve
 // and a fingerprint of everything the stage's result depends on (its settings, its initial
 // weights, its data, the teacher). A stage whose <stage>.ckpt carries the same fingerprint
-// is not run again; a partial checkpoint with the same fingerprint is resumed; a checkpoint
-// with another fingerprint is ignored and overwritten.
+// is not run again, and a partial checkpoint with the same fingerprint is resumed. Before a
+// stage runs with other settings, it renames a completed <stage>.ckpt of another
+// fingerprint to <stage>.<that fingerprint>.ckpt, and a later run with those settings
+// renames it back instead of training again. A partial checkpoint with another fingerprint
+// is overwritten.
 //
 // Determinism: with the same seed and thread count, a run stopped after k steps and
 // resumed ends with the same weights, bit for bit, as a run that was never stopped. The
@@ -81,6 +84,8 @@ struct StageOutcome {
     bool completed = false;
     bool reused = false;          ///< loaded from a completed checkpoint, nothing was run
     bool resumed = false;         ///< continued from a partial checkpoint
+    /// Where a completed checkpoint of other settings was moved, empty when none was.
+    std::filesystem::path set_aside;
 };
 
 /// Loss of one step: the total that was differentiated and its weighted terms.
@@ -215,6 +220,24 @@ StageOutcome run_training_stage(const std::string& stage, nn::DecoderModel& mode
         return true;
     };
 
+    // Keep a completed checkpoint of other settings under its fingerprint, and bring back
+    // one of these settings that an earlier run set aside.
+    const auto kept_path = [&](const std::string& fingerprint) {
+        return control.checkpoint_dir / (stage + "." + fingerprint + ".ckpt");
+    };
+    const auto set_aside_other = [&] {
+        if (!checkpoints || !std::filesystem::exists(final_path)) return;
+        const Checkpoint previous = Checkpoint::load(final_path);
+        if (previous.has_text("fingerprint") && previous.text("fingerprint") == stage_fingerprint) return;
+        const std::string previous_fingerprint =
+            previous.has_text("fingerprint") ? previous.text("fingerprint") : std::string("unknown");
+        outcome.set_aside = kept_path(previous_fingerprint);
+        std::filesystem::rename(final_path, outcome.set_aside);
+    };
+    if (checkpoints && std::filesystem::exists(kept_path(stage_fingerprint))) {
+        set_aside_other();
+        std::filesystem::rename(kept_path(stage_fingerprint), final_path);
+    }
     if (matching(final_path)) {
         outcome.weights = model.export_weights();
         outcome.seconds = previous_seconds;
@@ -224,6 +247,7 @@ StageOutcome run_training_stage(const std::string& stage, nn::DecoderModel& mode
         return outcome;
     }
     outcome.resumed = matching(partial_path);
+    set_aside_other();
 
     auto save = [&](const std::filesystem::path& path, bool completed, double seconds) {
         Checkpoint checkpoint;
