@@ -4,6 +4,10 @@
 #pragma once
 
 #include <algorithm>
+#include <charconv>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -21,17 +25,27 @@ namespace bitdistill::examples {
 
 using namespace bitdistill::pipeline;
 
-/// Prints lines to stdout and appends them to a log file.
+/// Prints lines to stdout and appends them to a log file. A rerun appends after the lines
+/// of earlier runs, so a failed or reused run never erases the log of a finished one.
 class Logger {
 public:
-    void open(const std::filesystem::path& path) {
+    void open(const std::filesystem::path& path, const std::string& command) {
         std::filesystem::create_directories(path.parent_path());
-        file_.open(path, std::ios::trunc);
+        file_.open(path, std::ios::app);
         if (!file_) throw io_error(bitdistill::detail::concat(path.string(), ": cannot open the log file for writing"));
+        const std::time_t now = std::time(nullptr);
+        char started[32];
+        std::strftime(started, sizeof started, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+        file_ << "run: started " << started << " command: " << command << '\n' << std::flush;
     }
     void operator()(const std::string& line) {
         std::cout << line << std::endl;
         if (file_) file_ << line << '\n' << std::flush;
+    }
+    /// Prints an error to stderr and appends it to the log file when one is open.
+    void error(const std::string& message) {
+        std::cerr << "error: " << message << std::endl;
+        if (file_) file_ << "error: " << message << '\n' << std::flush;
     }
 
 private:
@@ -60,23 +74,33 @@ inline std::string format_grid(const std::vector<float>& grid) {
     return text;
 }
 
+/// Parses the whole of `text` as the value of `option` and checks it against `minimum`.
+/// Throws std::invalid_argument naming the option, the text and `expected` when it is not
+/// a number of type T, has trailing characters, is out of T's range, below `minimum` or
+/// not finite.
+template <class T>
+T parse_number(const std::string& option, const std::string& text, T minimum, const char* expected) {
+    T number{};
+    const char* end = text.data() + text.size();
+    const auto [stop, error] = std::from_chars(text.data(), end, number);
+    bool valid = error == std::errc() && stop == end && !(number < minimum);
+    if constexpr (std::is_floating_point_v<T>) valid = valid && std::isfinite(number);
+    if (!valid)
+        throw std::invalid_argument(bitdistill::detail::concat("invalid value '", text, "' for ", option,
+                                                               ": expected ", expected));
+    return number;
+}
+
 /// Parses a comma-separated list of positive learning rates named by `option`.
 inline std::vector<float> parse_grid(const std::string& option, const std::string& list) {
     std::vector<float> grid;
     std::istringstream in(list);
     for (std::string item; std::getline(in, item, ',');) {
-        std::size_t used = 0;
-        float rate = 0.0f;
-        try {
-            rate = std::stof(item, &used);
-        } catch (const std::exception&) {
-            used = 0;
-        }
-        if (used != item.size() || !(rate > 0.0f) || !std::isfinite(rate))
-            throw std::invalid_argument(option + " takes positive numbers separated by commas, got '" + item + "'");
+        const float rate = parse_number(option, item, std::numeric_limits<float>::min(), "a positive number");
         grid.push_back(rate);
     }
-    if (grid.empty()) throw std::invalid_argument(option + " needs at least one rate");
+    if (grid.empty() || list.back() == ',')
+        throw std::invalid_argument(option + " takes positive numbers separated by commas, got '" + list + "'");
     return grid;
 }
 
@@ -85,9 +109,11 @@ inline void print_usage(const char* program, const ExperimentConfig& defaults) {
         "Usage: %s [options]\n"
         "Runs the BitNet Distillation experiment on %s: tokenizer, float pre-training, FP-SFT,\n"
         "BitNet-SFT and BitDistill (SubLN, continued pre-training, distillation), then writes\n"
-        "results.json, results.md, loss_curves.svg and log.txt to the output folder.\n\n"
+        "results.json, results.md and loss_curves.svg to the output folder. Every run appends\n"
+        "its output to log.txt there (ablation_log.txt with --ablation).\n\n"
         "  --full                 longer, closer setting: a larger model, more epochs and a\n"
-        "                         3-point learning-rate grid per method (hours on 2 cores)\n"
+        "                         3-point learning-rate grid per method (hours on 2 cores).\n"
+        "                         Adds _full to the --output and --work folders\n"
         "  --ablation             stage ablation instead of the main run: none, SubLN,\n"
         "                         SubLN + stage 2, SubLN + distillation, all three\n"
         "  --evaluate FILE        score a saved checkpoint of any stage on --eval-tsv and exit\n"
@@ -95,7 +121,9 @@ inline void print_usage(const char* program, const ExperimentConfig& defaults) {
         "  --train-tsv FILE       training file (default %s)\n"
         "  --data DIR             folder with the shipped data (default %s)\n"
         "  --output DIR           results folder (default %s)\n"
-        "  --work DIR             checkpoints and tokenizer cache (default %s)\n"
+        "  --work DIR             checkpoints and tokenizer cache (default %s). A stage run\n"
+        "                         with other settings keeps the earlier <stage>.ckpt there as\n"
+        "                         <stage>.<fingerprint>.ckpt and reuses it when they return\n"
         "  --threads N            threads (default %d)\n"
         "  --seed N               seed of initialisation and data order (default %llu)\n"
         "  --train-limit N        use only the first N training rows (default: all)\n"
@@ -166,11 +194,11 @@ inline bool parse_command_line(int argc, char** argv, ExperimentConfig& config, 
         } else if (option == "--work") {
             config.work_dir = value(i);
         } else if (option == "--threads") {
-            config.threads = std::stoi(value(i));
+            config.threads = parse_number(option, value(i), 1, "an integer of at least 1");
         } else if (option == "--seed") {
-            config.seed = std::stoull(value(i));
+            config.seed = parse_number<std::uint64_t>(option, value(i), 0, "a non-negative integer");
         } else if (option == "--train-limit") {
-            config.train_limit = std::stoll(value(i));
+            config.train_limit = parse_number<std::int64_t>(option, value(i), 1, "an integer of at least 1");
         } else if (option == "--methods") {
             command.methods.clear();
             std::istringstream list(value(i));
@@ -180,12 +208,12 @@ inline bool parse_command_line(int argc, char** argv, ExperimentConfig& config, 
                 command.methods.push_back(method);
             }
         } else if (option == "--pretrain-epochs") {
-            config.pretrain.epochs = std::stod(value(i));
+            config.pretrain.epochs = parse_number(option, value(i), std::numeric_limits<double>::min(), "a positive number");
         } else if (option == "--sft-epochs") {
-            config.fp_sft.epochs = std::stod(value(i));
+            config.fp_sft.epochs = parse_number(option, value(i), std::numeric_limits<double>::min(), "a positive number");
             config.ternary_sft.epochs = config.fp_sft.epochs;
         } else if (option == "--stage2-epochs") {
-            config.stage2.epochs = std::stod(value(i));
+            config.stage2.epochs = parse_number(option, value(i), std::numeric_limits<double>::min(), "a positive number");
         } else if (option == "--no-subln") {
             config.switches.subln = false;
         } else if (option == "--no-stage2") {
@@ -199,7 +227,7 @@ inline bool parse_command_line(int argc, char** argv, ExperimentConfig& config, 
         } else if (option == "--attention-only") {
             config.distillation.use_logits = false;
         } else if (option == "--distill-layer") {
-            config.distillation.layer = std::stoi(value(i));
+            config.distillation.layer = parse_number(option, value(i), 0, "a non-negative integer");
         } else if (option == "--relation") {
             const std::string variant = value(i);
             if (variant == "cosine")
@@ -209,9 +237,9 @@ inline bool parse_command_line(int argc, char** argv, ExperimentConfig& config, 
             else
                 throw std::invalid_argument("--relation must be cosine or scaled_dot, got '" + variant + "'");
         } else if (option == "--lambda") {
-            config.distillation.logits_weight = std::stof(value(i));
+            config.distillation.logits_weight = parse_number(option, value(i), 0.0f, "a non-negative number");
         } else if (option == "--gamma") {
-            config.distillation.attention_weight = std::stof(value(i));
+            config.distillation.attention_weight = parse_number(option, value(i), 0.0f, "a non-negative number");
         } else if (option == "--distill-positions") {
             const std::string positions = value(i);
             if (positions == "answers")
@@ -225,7 +253,7 @@ inline bool parse_command_line(int argc, char** argv, ExperimentConfig& config, 
         } else if (option == "--ternary-lr") {
             config.ternary_lr_grid = parse_grid(option, value(i));
         } else if (option == "--validation-rows") {
-            config.validation_rows = std::stoll(value(i));
+            config.validation_rows = parse_number<std::int64_t>(option, value(i), 0, "a non-negative integer");
         } else {
             throw std::invalid_argument("unknown option '" + option + "'; run with --help for the list");
         }
@@ -280,8 +308,14 @@ inline int evaluate_checkpoint(const ExperimentConfig& config, const std::filesy
     std::vector<ClassificationExample> examples;
     for (const TextExample& row : read_glue_tsv(config.eval_tsv.string(), format))
         examples.push_back(encode_example(row, encoded, tokenizer, spm_bos_id, max_tokens));
-    const nn::ProjectionMode mode = checkpoint.text("projection_mode") == "ternary" ? nn::ProjectionMode::ternary
-                                                                                    : nn::ProjectionMode::full_precision;
+    if (examples.empty())
+        throw std::invalid_argument(config.eval_tsv.string() + ": the evaluation file has no data rows after its header");
+    const std::string mode_name = checkpoint.text("projection_mode");
+    if (mode_name != "ternary" && mode_name != "full_precision")
+        throw std::invalid_argument(bitdistill::detail::concat(path.string(), ": invalid projection_mode '", mode_name,
+                                                               "'; expected ternary or full_precision"));
+    const nn::ProjectionMode mode =
+        mode_name == "ternary" ? nn::ProjectionMode::ternary : nn::ProjectionMode::full_precision;
     const EvaluationResult result =
         evaluate_classification(weights, mode, examples, encoded.label_tokens, config.eval_batch_size, spm_pad_id);
 
@@ -500,15 +534,17 @@ inline int run_ablation(const ExperimentConfig& config, Logger& log) {
 /// Entry point of an example: parses the options and runs the chosen mode.
 inline int experiment_main(int argc, char** argv, ExperimentConfig config,
                            const std::function<void(ExperimentConfig&)>& apply_full) {
+    Logger log;
     try {
         CommandLine command;
         if (!parse_command_line(argc, argv, config, command, apply_full)) return 0;
-        Logger log;
         if (!command.evaluate_checkpoint.empty()) return evaluate_checkpoint(config, command.evaluate_checkpoint, log);
-        log.open(config.output_dir / (command.ablation ? "ablation_log.txt" : "log.txt"));
+        std::string command_text = argv[0];
+        for (int i = 1; i < argc; ++i) command_text += std::string(" ") + argv[i];
+        log.open(config.output_dir / (command.ablation ? "ablation_log.txt" : "log.txt"), command_text);
         return command.ablation ? run_ablation(config, log) : run_main(config, command, log);
     } catch (const std::exception& error) {
-        std::cerr << "error: " << error.what() << std::endl;
+        log.error(error.what());
         return 1;
     }
 }
