@@ -309,7 +309,8 @@ inline int evaluate_checkpoint(const ExperimentConfig& config, const std::filesy
     for (const TextExample& row : read_glue_tsv(config.eval_tsv.string(), format))
         examples.push_back(encode_example(row, encoded, tokenizer, spm_bos_id, max_tokens));
     if (examples.empty())
-        throw std::invalid_argument(config.eval_tsv.string() + ": the evaluation file has no data rows after its header");
+        throw std::invalid_argument(config.eval_tsv.string() +
+                                    ": the evaluation file has no data rows after its header");
     const std::string mode_name = checkpoint.text("projection_mode");
     if (mode_name != "ternary" && mode_name != "full_precision")
         throw std::invalid_argument(bitdistill::detail::concat(path.string(), ": invalid projection_mode '", mode_name,

@@ -160,7 +160,8 @@ inline void check_row_counts(const ExperimentConfig& config, std::int64_t train_
     BITDISTILL_REQUIRE(train_rows - held_out >= batch, config.train_tsv.string(), ": ", train_rows - held_out,
                        " rows are left for fine-tuning (", train_rows, " read, ", held_out,
                        " held out for validation), fewer than one batch of ", batch);
-    BITDISTILL_REQUIRE(eval_rows > 0, config.eval_tsv.string(), ": the evaluation file has no data rows after its header");
+    BITDISTILL_REQUIRE(eval_rows > 0, config.eval_tsv.string(),
+                       ": the evaluation file has no data rows after its header");
 }
 
 /// Reads the files, trains or loads the tokenizer and encodes everything.
