@@ -177,9 +177,24 @@ TEST_CASE("damaged checkpoint files are rejected") {
     wrong_magic[0] = 'X';
     CHECK(load_error(wrong_magic).find("wrong magic") != std::string::npos);
 
+    // A damaged version field is corruption. A file of another version, with its own valid
+    // checksum, is reported as that version.
     std::string future = bytes;
     future[8] = 9;  // format version field
+    CHECK(load_error(future).find("checksum mismatch") != std::string::npos);
+    Fnv1a64 checksum;
+    checksum.update(future.data(), future.size() - 8);
+    const std::uint64_t digest = checksum.digest();
+    std::memcpy(future.data() + future.size() - 8, &digest, 8);
     CHECK(load_error(future).find("format version 9") != std::string::npos);
+}
+
+TEST_CASE("loading a folder names the folder") {
+    const std::filesystem::path folder = std::filesystem::temp_directory_path() /
+                                        ("bitdistill_folder_" + std::to_string(getpid()) + ".ckpt");
+    std::filesystem::create_directories(folder);
+    CHECK_THROWS_WITH_AS((void)Checkpoint::load(folder), doctest::Contains("is a folder"), io_error);
+    std::filesystem::remove_all(folder);
 }
 
 TEST_CASE("huge sizes in a valid file are rejected before allocation") {

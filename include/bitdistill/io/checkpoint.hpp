@@ -194,21 +194,24 @@ public:
                         minimum, " bytes); it is truncated or not a checkpoint");
         if (std::memcmp(bytes.data(), magic, sizeof magic) != 0)
             reader.fail("not a bitdistill checkpoint (wrong magic bytes)");
-        reader.offset = sizeof magic;
-        const auto version = reader.read_pod<std::uint32_t>("format version");
-        if (version != format_version)
-            reader.fail("format version ", version, " is not supported; this build reads version ",
-                        format_version);
-        if (reader.read_pod<std::uint32_t>("byte-order mark") != 0x01020304)
-            reader.fail("byte order differs from this machine's");
-
+        // The checksum comes first, so that a damaged header reads as corruption rather than
+        // as another format version or byte order.
         Fnv1a64 checksum;
         checksum.update(bytes.data(), bytes.size() - 8);
         std::uint64_t stored_checksum = 0;
         std::memcpy(&stored_checksum, bytes.data() + bytes.size() - 8, 8);
-        if (stored_checksum != checksum.digest())
-            reader.fail("checksum mismatch (stored ", hex64(stored_checksum), ", computed ",
-                        hex64(checksum.digest()), "); the file is corrupted or truncated");
+        reader.offset = sizeof magic;
+        const auto version = reader.read_pod<std::uint32_t>("format version");
+        const bool checksum_matches = stored_checksum == checksum.digest();
+        if (checksum_matches && version != format_version)
+            reader.fail("format version ", version, " is not supported; this build reads version ",
+                        format_version);
+        if (!checksum_matches)
+            throw io_error(detail::concat(source, ": checksum mismatch (stored ", hex64(stored_checksum),
+                                          ", computed ", hex64(checksum.digest()),
+                                          "); the file is corrupted or truncated"));
+        if (reader.read_pod<std::uint32_t>("byte-order mark") != 0x01020304)
+            reader.fail("byte order differs from this machine's");
         reader.bytes = bytes.substr(0, bytes.size() - 8);
 
         Checkpoint checkpoint;
@@ -255,6 +258,8 @@ public:
 
     /// Reads and validates the checkpoint at `path`; throws io_error naming the file.
     [[nodiscard]] static Checkpoint load(const std::filesystem::path& path) {
+        if (std::filesystem::is_directory(path))
+            throw io_error(detail::concat(path.string(), ": is a folder, not a checkpoint file"));
         std::ifstream in(path, std::ios::binary);
         if (!in) throw io_error(detail::concat(path.string(), ": cannot open checkpoint for reading"));
         std::ostringstream contents;
