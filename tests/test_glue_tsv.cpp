@@ -71,6 +71,18 @@ TEST_CASE("crlf line endings read like lf") {
     CHECK(rows[0].label == 1);
 }
 
+TEST_CASE("byte order mark before header is skipped") {
+    const auto rows = parse("\xEF\xBB\xBFsentence\tlabel\ngood\t1\n", sst2_format());
+    REQUIRE(rows.size() == 1);
+    CHECK(rows[0].text_a == "good");
+}
+
+TEST_CASE("cr-only line endings are rejected") {
+    const std::string message = parse_error("sentence\tlabel\rgood\t1\rbad\t0\r", sst2_format());
+    CHECK(contains(message, "input.tsv:1:"));
+    CHECK(contains(message, "CR-only line endings"));
+}
+
 TEST_CASE("missing final newline is accepted") {
     const auto rows = parse("sentence\tlabel\ngood\t1", sst2_format());
     REQUIRE(rows.size() == 1);

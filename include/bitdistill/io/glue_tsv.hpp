@@ -152,6 +152,11 @@ namespace detail {
         ++line_number;
         std::string_view line = raw;
         if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+        // A UTF-8 byte order mark, as some editors write, is not part of the header.
+        if (line_number == 1 && line.starts_with("\xEF\xBB\xBF")) line.remove_prefix(3);
+        if (line.find('\r') != std::string_view::npos)
+            fail(line_number, "carriage return inside the line; the file may use CR-only line ",
+                 "endings, which this reader does not split. Convert it to LF or CRLF line endings");
 
         const std::size_t bad_byte = detail::find_invalid_utf8(line);
         if (bad_byte != std::string_view::npos) {
