@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -116,7 +117,9 @@ inline void print_usage(const char* program, const ExperimentConfig& defaults) {
         "                         Adds _full to the --output and --work folders\n"
         "  --ablation             stage ablation instead of the main run: none, SubLN,\n"
         "                         SubLN + stage 2, SubLN + distillation, all three\n"
-        "  --evaluate FILE        score a saved checkpoint of any stage on --eval-tsv and exit\n"
+        "  --evaluate FILE        score a saved checkpoint of any stage on --eval-tsv, write\n"
+        "                         eval_<checkpoint>_on_<tsv>.json to --output (-2, -3, ... added\n"
+        "                         when that name holds another pair) and exit\n"
         "  --eval-tsv FILE        evaluation file (default %s)\n"
         "  --train-tsv FILE       training file (default %s)\n"
         "  --data DIR             folder with the shipped data (default %s)\n"
@@ -280,6 +283,25 @@ inline bool parse_command_line(int argc, char** argv, ExperimentConfig& config, 
     return true;
 }
 
+/// Returns eval_<checkpoint>_on_<tsv>.json in `folder`, or with a suffix -2, -3, ... when
+/// that file contains the score of another checkpoint or TSV of the same names, so that one
+/// evaluation never replaces the result of another. `text` is the JSON to be written.
+inline std::filesystem::path evaluation_output_path(const std::filesystem::path& folder,
+                                                    const std::filesystem::path& checkpoint,
+                                                    const std::filesystem::path& tsv, const std::string& text) {
+    const std::string stem = "eval_" + checkpoint.stem().string() + "_on_" + tsv.stem().string();
+    // The first lines of the JSON, up to the score, name the checkpoint and the TSV.
+    const std::string identity = text.substr(0, text.find("\"examples\""));
+    for (int attempt = 1;; ++attempt) {
+        const std::filesystem::path candidate =
+            folder / (stem + (attempt == 1 ? std::string() : "-" + std::to_string(attempt)) + ".json");
+        if (!std::filesystem::exists(candidate)) return candidate;
+        std::ifstream in(candidate, std::ios::binary);
+        std::string existing((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        if (existing.starts_with(identity)) return candidate;
+    }
+}
+
 /// Scores the checkpoint `path` on `config.eval_tsv` with the tokenizer and prompt stored
 /// in the checkpoint, prints the figures and writes them as JSON beside the results.
 inline int evaluate_checkpoint(const ExperimentConfig& config, const std::filesystem::path& path, Logger& log) {
@@ -334,9 +356,9 @@ inline int evaluate_checkpoint(const ExperimentConfig& config, const std::filesy
     json["examples"] = result.examples;
     json["accuracy"] = result.accuracy;
     json["label_word_accuracy"] = result.label_accuracy;
-    const std::filesystem::path output =
-        config.output_dir / ("eval_" + path.stem().string() + "_on_" + config.eval_tsv.stem().string() + ".json");
-    write_text_file(output, json.dump() + "\n");
+    const std::string text = json.dump() + "\n";
+    const std::filesystem::path output = evaluation_output_path(config.output_dir, path, config.eval_tsv, text);
+    write_text_file(output, text);
     log(bitdistill::detail::concat("results: ", output.string()));
     return 0;
 }
