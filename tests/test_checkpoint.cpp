@@ -130,6 +130,17 @@ TEST_CASE("decoder weights round trip with config") {
     }
 }
 
+TEST_CASE("missing decoder tensor names the tensor") {
+    std::mt19937 rng(13);
+    DecoderWeights weights = tiny_decoder(true, rng);
+    weights.layers[1].attn_norm = Tensor<float>();
+    Checkpoint checkpoint;
+    store_decoder_weights(checkpoint, "model.", weights);
+    const Checkpoint loaded = Checkpoint::deserialize(checkpoint.serialize(), "partial.ckpt");
+    CHECK_THROWS_WITH_AS((void)load_decoder_weights(loaded, "model."),
+                         doctest::Contains("partial.ckpt: tensor 'model.layers.1.attn_norm' is missing"), io_error);
+}
+
 TEST_CASE("adamw state round trip") {
     AdamWState state;
     state.step_count = 17;

@@ -413,8 +413,21 @@ inline void store_decoder_weights(Checkpoint& checkpoint, const std::string& pre
     BITDISTILL_REQUIRE_AS(io_error, c.n_layers <= 4096, checkpoint.source(), ": n_layers ",
                           c.n_layers, " is implausibly large");
     weights.layers.resize(static_cast<std::size_t>(c.n_layers));
+    // The configuration decides which optional parts a complete checkpoint stores.
+    const auto required = [&](const std::string& name) {
+        const std::string part = name.substr(name.rfind('.') + 1);
+        if (part == "lm_head") return !c.tied_embeddings;
+        if (part == "q_norm" || part == "k_norm") return c.qk_norm;
+        if (part == "attn_subln" || part == "ffn_subln") return c.subln;
+        if (part == "qkv_norm" || part == "gate_up_norm") return c.all_norms;
+        return true;
+    };
     detail::for_each_decoder_tensor(weights, [&](const std::string& name, Tensor<float>& tensor) {
-        if (checkpoint.has_tensor(prefix + name)) tensor = checkpoint.tensor(prefix + name);
+        if (checkpoint.has_tensor(prefix + name))
+            tensor = checkpoint.tensor(prefix + name);
+        else if (required(name))
+            throw io_error(detail::concat(checkpoint.source(), ": tensor '", prefix, name,
+                                          "' is missing; the checkpoint is incomplete"));
     });
     return weights;
 }
