@@ -306,6 +306,8 @@ inline std::filesystem::path evaluation_output_path(const std::filesystem::path&
 /// in the checkpoint, prints the figures and writes them as JSON beside the results.
 inline int evaluate_checkpoint(const ExperimentConfig& config, const std::filesystem::path& path, Logger& log) {
     set_num_threads(config.threads);
+    // Fail on an unusable --output before scoring, not after.
+    std::filesystem::create_directories(config.output_dir);
     const Checkpoint checkpoint = Checkpoint::load(path);
     const DecoderWeights weights = load_decoder_weights(checkpoint, "model.");
     const std::string model_bytes = checkpoint.text("meta.tokenizer_model");
