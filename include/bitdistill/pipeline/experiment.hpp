@@ -152,10 +152,16 @@ struct ExperimentData {
     std::int64_t corpus_tokens = 0;
 };
 
+/// Returns how many of `train_rows` training rows are held out to pick the learning rate:
+/// config.validation_rows, at most half of them.
+[[nodiscard]] inline std::int64_t held_out_rows(const ExperimentConfig& config, std::int64_t train_rows) {
+    return std::clamp<std::int64_t>(config.validation_rows, 0, train_rows / 2);
+}
+
 /// Checks before any training that the rows left for fine-tuning fill one batch and that
 /// the evaluation file has rows. Throws std::invalid_argument naming the file and the count.
 inline void check_row_counts(const ExperimentConfig& config, std::int64_t train_rows, std::int64_t eval_rows) {
-    const std::int64_t held_out = std::clamp<std::int64_t>(config.validation_rows, 0, train_rows / 2);
+    const std::int64_t held_out = held_out_rows(config, train_rows);
     const std::int64_t batch = std::max(config.fp_sft.batch_size, config.ternary_sft.batch_size);
     BITDISTILL_REQUIRE(train_rows - held_out >= batch, config.train_tsv.string(), ": ", train_rows - held_out,
                        " rows are left for fine-tuning (", train_rows, " read, ", held_out,
@@ -211,8 +217,7 @@ inline void check_row_counts(const ExperimentConfig& config, std::int64_t train_
             examples.push_back(encode_example(rows[i], data.encoded_template, *data.tokenizer, spm_bos_id, config.max_tokens));
         return examples;
     };
-    const std::size_t held_out = static_cast<std::size_t>(std::clamp<std::int64_t>(
-        config.validation_rows, 0, static_cast<std::int64_t>(train_rows.size()) / 2));
+    const auto held_out = static_cast<std::size_t>(held_out_rows(config, static_cast<std::int64_t>(train_rows.size())));
     data.train = encode_rows(train_rows, 0, train_rows.size() - held_out);
     data.validation = encode_rows(train_rows, train_rows.size() - held_out, train_rows.size());
     data.eval = encode_rows(eval_rows, 0, eval_rows.size());
@@ -364,11 +369,12 @@ private:
         stage_seconds_.emplace_back(outcome.stage, outcome.seconds);
         if (outcome.reused) reused_seconds_ += outcome.seconds;
         curves_.push_back(outcome.curve);
+        std::string kept;
+        if (!outcome.set_aside.empty())
+            kept = " (the checkpoint of other settings was kept as " + outcome.set_aside.string() + ")";
         print_(bitdistill::detail::concat("stage_done: ", outcome.stage, " steps: ", outcome.steps, " seconds: ",
                               fixed(outcome.seconds, 1), outcome.reused ? " (reused checkpoint)" : "",
-                              outcome.resumed ? " (resumed)" : "",
-                              outcome.set_aside.empty() ? "" : " (the checkpoint of other settings was kept as ",
-                              outcome.set_aside.string(), outcome.set_aside.empty() ? "" : ")"));
+                              outcome.resumed ? " (resumed)" : "", kept));
         return outcome;
     }
 

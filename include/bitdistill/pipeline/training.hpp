@@ -84,7 +84,7 @@ struct StageOutcome {
     bool completed = false;
     bool reused = false;          ///< loaded from a completed checkpoint, nothing was run
     bool resumed = false;         ///< continued from a partial checkpoint
-    /// Where a completed checkpoint of other settings was moved, empty when none was.
+    /// New path of a completed checkpoint of other settings that the stage renamed, or empty.
     std::filesystem::path set_aside;
 };
 
@@ -212,33 +212,33 @@ StageOutcome run_training_stage(const std::string& stage, nn::DecoderModel& mode
         outcome.curve.losses.assign(losses.begin(), losses.end());
     };
 
-    auto matching = [&](const std::filesystem::path& path) -> bool {
+    // Loads the checkpoint at `path`, stores its fingerprint in `stored` and restores it
+    // when the fingerprint is this stage's.
+    auto matching = [&](const std::filesystem::path& path, std::string& stored) -> bool {
         if (!checkpoints || !std::filesystem::exists(path)) return false;
         const Checkpoint checkpoint = Checkpoint::load(path);
-        if (!checkpoint.has_text("fingerprint") || checkpoint.text("fingerprint") != stage_fingerprint) return false;
+        stored = checkpoint.has_text("fingerprint") ? checkpoint.text("fingerprint") : std::string("unknown");
+        if (stored != stage_fingerprint) return false;
         restore(checkpoint);
         return true;
     };
 
-    // Keep a completed checkpoint of other settings under its fingerprint, and bring back
-    // one of these settings that an earlier run set aside.
+    // A completed checkpoint of other settings is renamed after its fingerprint instead of
+    // being overwritten, and one of these settings that an earlier run renamed comes back.
     const auto kept_path = [&](const std::string& fingerprint) {
         return control.checkpoint_dir / (stage + "." + fingerprint + ".ckpt");
     };
-    const auto set_aside_other = [&] {
-        if (!checkpoints || !std::filesystem::exists(final_path)) return;
-        const Checkpoint previous = Checkpoint::load(final_path);
-        if (previous.has_text("fingerprint") && previous.text("fingerprint") == stage_fingerprint) return;
-        const std::string previous_fingerprint =
-            previous.has_text("fingerprint") ? previous.text("fingerprint") : std::string("unknown");
-        outcome.set_aside = kept_path(previous_fingerprint);
+    const auto move_final_aside = [&](const std::string& fingerprint) {
+        outcome.set_aside = kept_path(fingerprint);
         std::filesystem::rename(final_path, outcome.set_aside);
     };
+    std::string final_fingerprint;
     if (checkpoints && std::filesystem::exists(kept_path(stage_fingerprint))) {
-        set_aside_other();
+        if (std::filesystem::exists(final_path) && !matching(final_path, final_fingerprint))
+            move_final_aside(final_fingerprint);
         std::filesystem::rename(kept_path(stage_fingerprint), final_path);
     }
-    if (matching(final_path)) {
+    if (matching(final_path, final_fingerprint)) {
         outcome.weights = model.export_weights();
         outcome.seconds = previous_seconds;
         outcome.steps = step;
@@ -246,8 +246,9 @@ StageOutcome run_training_stage(const std::string& stage, nn::DecoderModel& mode
         outcome.reused = true;
         return outcome;
     }
-    outcome.resumed = matching(partial_path);
-    set_aside_other();
+    std::string partial_fingerprint;
+    outcome.resumed = matching(partial_path, partial_fingerprint);
+    if (!final_fingerprint.empty()) move_final_aside(final_fingerprint);
 
     auto save = [&](const std::filesystem::path& path, bool completed, double seconds) {
         Checkpoint checkpoint;
